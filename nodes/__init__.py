@@ -1,0 +1,25 @@
+"""Pyramid Flow nodes for ComfyUI (V3 API).
+
+Each node turns its inputs into one call of ``pyramid_core`` and back; no model math lives
+here. The pack registers through ``comfy_entrypoint`` only (a pack that also defines
+``NODE_CLASS_MAPPINGS`` has its entry point ignored by ComfyUI).
+"""
+
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from .latents import PyramidFlowEmptyLatent
+
+NODES: list[type[io.ComfyNode]] = [
+    PyramidFlowEmptyLatent,
+]
+
+
+class PyramidFlowExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return NODES
+
+
+async def comfy_entrypoint() -> PyramidFlowExtension:
+    return PyramidFlowExtension()

@@ -1,0 +1,283 @@
+"""Start a real ComfyUI server with this pack and talk to it over HTTP (standard library only).
+
+Used by the test fixtures (``tests/conftest.py``) and by the demo (``scripts/demo.sh``).
+Each server gets its own base directory (``--base-directory``) holding ``custom_nodes/``
+with only this pack linked in, ``models/``, ``input/``, ``output/`` and ``user/``, so a
+user's own ComfyUI install (``COMFYUI_DIR``) is never written to.
+
+    python scripts/comfyui_harness.py run workflows/api/x.json   # start, run, stop
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+
+PACK_ROOT = Path(__file__).resolve().parent.parent
+PACK_NAME = "pyramid-flow"
+DEFAULT_COMFYUI_DIR = PACK_ROOT / ".cache" / "comfyui" / "ComfyUI"
+
+
+class ComfyUIError(RuntimeError):
+    """The server failed, refused a prompt or timed out; the message carries its log tail."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def comfyui_location() -> tuple[Path, str]:
+    """``(ComfyUI dir, python)`` from ``COMFYUI_DIR``/``COMFYUI_PYTHON`` or the project cache."""
+    comfy_dir = Path(os.environ.get("COMFYUI_DIR") or DEFAULT_COMFYUI_DIR)
+    python = os.environ.get("COMFYUI_PYTHON") or sys.executable
+    if not (comfy_dir / "main.py").is_file():
+        raise ComfyUIError(
+            f"no ComfyUI at {comfy_dir}: run 'bash scripts/comfyui_env.sh setup' "
+            "or set COMFYUI_DIR to an existing ComfyUI"
+        )
+    return comfy_dir, python
+
+
+class ComfyUIServer:
+    """One headless ComfyUI process on 127.0.0.1 with this pack loaded.
+
+    Use as a context manager; ``stop()`` always ends the process (SIGTERM, then SIGKILL).
+    Every wait has a timeout; failures raise :class:`ComfyUIError` with the log tail.
+    """
+
+    def __init__(self, base_dir: Path | None = None, *, extra_args: tuple[str, ...] = (),
+                 startup_timeout: float = 120.0) -> None:
+        self.comfy_dir, self.python = comfyui_location()
+        self._own_base = base_dir is None
+        self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="comfyui-base-"))
+        self.extra_args = tuple(extra_args)
+        self.startup_timeout = startup_timeout
+        self.port: int | None = None
+        self.process: subprocess.Popen | None = None
+        self.log_path = self.base_dir / "server.log"
+
+    # -- layout ---------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.base_dir / "models"
+
+    @property
+    def input_dir(self) -> Path:
+        return self.base_dir / "input"
+
+    @property
+    def output_dir(self) -> Path:
+        return self.base_dir / "output"
+
+    def _prepare_base_dir(self) -> None:
+        for sub in ("custom_nodes", "models", "input", "output", "temp", "user"):
+            (self.base_dir / sub).mkdir(parents=True, exist_ok=True)
+        link = self.base_dir / "custom_nodes" / PACK_NAME
+        if not link.exists():
+            link.symlink_to(PACK_ROOT, target_is_directory=True)
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self, attempts: int = 3) -> "ComfyUIServer":
+        """Start the server on a free port and wait until ``/system_stats`` answers."""
+        self._prepare_base_dir()
+        for attempt in range(attempts):
+            self.port = free_port()
+            self._spawn()
+            try:
+                self._wait_until_ready()
+                return self
+            except ComfyUIError:
+                port_taken = "address already in use" in self.log_tail().lower()
+                self.stop()
+                if not port_taken or attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _spawn(self) -> None:
+        cmd = [
+            self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+            "--disable-api-nodes", "--disable-auto-launch",
+            "--base-directory", str(self.base_dir),
+            "--database-url", "sqlite:///:memory:",
+            *self.extra_args,
+        ]
+        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", DO_NOT_TRACK="1",
+                   PYTHONUNBUFFERED="1")
+        log = open(self.log_path, "ab")
+        # Own process group, so stop() also reaches anything the server spawned.
+        self.process = subprocess.Popen(cmd, cwd=self.comfy_dir, stdout=log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        log.close()
+
+    def _wait_until_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ComfyUIError(f"ComfyUI exited with code {self.process.returncode} while starting"
+                                   + self.log_excerpt())
+            try:
+                self.get_json("/system_stats", timeout=2)
+                return
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                time.sleep(0.25)
+        raise ComfyUIError(f"ComfyUI did not answer /system_stats within {self.startup_timeout:.0f} s"
+                           + self.log_excerpt())
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """End the server and its process group; waits at most ``2 * timeout`` seconds."""
+        proc, self.process = self.process, None
+        if proc is None or proc.poll() is not None:
+            return
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                proc.wait(timeout=timeout)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    def cleanup(self) -> None:
+        """Stop, then remove the base directory if this object created it."""
+        self.stop()
+        if self._own_base:
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+
+    def __enter__(self) -> "ComfyUIServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.cleanup()
+
+    # -- log ------------------------------------------------------------------------------
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def log_excerpt(self, lines: int = 60) -> str:
+        return f"\n--- ComfyUI log ({self.log_path}), last {lines} lines ---\n{self.log_tail(lines)}"
+
+    # -- HTTP -----------------------------------------------------------------------------
+    def _request(self, path: str, data: bytes | None = None, timeout: float = 30.0):
+        req = urllib.request.Request(self.url + path, data=data,
+                                     headers={"Content-Type": "application/json"} if data else {})
+        return urllib.request.urlopen(req, timeout=timeout)
+
+    def get_json(self, path: str, timeout: float = 30.0):
+        with self._request(path, timeout=timeout) as resp:
+            return json.load(resp)
+
+    def post_json(self, path: str, payload, timeout: float = 30.0):
+        with self._request(path, json.dumps(payload).encode(), timeout=timeout) as resp:
+            body = resp.read()
+        return json.loads(body) if body else None
+
+    def object_info(self, node_type: str | None = None) -> dict:
+        """``/object_info`` (every node type) or ``/object_info/<type>``."""
+        path = "/object_info" + (f"/{urllib.parse.quote(node_type)}" if node_type else "")
+        return self.get_json(path, timeout=60)
+
+    def submit(self, prompt: dict) -> str:
+        """POST an API-format prompt; returns its prompt id. Validation errors raise with details."""
+        try:
+            return self.post_json("/prompt", {"prompt": prompt, "client_id": uuid.uuid4().hex})["prompt_id"]
+        except urllib.error.HTTPError as err:
+            detail = err.read().decode(errors="replace")[:4000]
+            raise ComfyUIError(f"POST /prompt was refused ({err.code}): {detail}") from None
+
+    def wait(self, prompt_id: str, timeout: float = 300.0) -> dict:
+        """Poll ``/history/<id>`` until the prompt succeeds or fails; returns its history entry."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            # ComfyUI adds a prompt to the history only once it has ended (ran, failed or was
+            # interrupted), with status_str "success" or "error".
+            entry = self.get_json(f"/history/{prompt_id}").get(prompt_id)
+            if entry and entry.get("status"):
+                return entry
+            if self.process is None or self.process.poll() is not None:
+                raise ComfyUIError(f"ComfyUI died while running prompt {prompt_id}" + self.log_excerpt())
+            time.sleep(0.1)
+        raise ComfyUIError(f"prompt {prompt_id} did not finish within {timeout:.0f} s" + self.log_excerpt())
+
+    def run(self, prompt: dict, timeout: float = 300.0) -> dict:
+        """Submit, wait, and raise unless the prompt succeeded; returns its history entry."""
+        entry = self.wait(self.submit(prompt), timeout)
+        if entry["status"].get("status_str") != "success":
+            messages = json.dumps(entry["status"].get("messages", []), indent=1)[:6000]
+            raise ComfyUIError(f"prompt failed: {messages}" + self.log_excerpt())
+        return entry
+
+    def interrupt(self) -> None:
+        """Ask the server to stop the running prompt (``/interrupt``)."""
+        self.post_json("/interrupt", {})
+
+    def view(self, filename: str, subfolder: str = "", folder_type: str = "output") -> bytes:
+        """Download one output file through ``/view``."""
+        query = urllib.parse.urlencode({"filename": filename, "subfolder": subfolder, "type": folder_type})
+        with self._request(f"/view?{query}", timeout=60) as resp:
+            return resp.read()
+
+
+def output_files(entry: dict) -> list[dict]:
+    """Every ``{"filename", "subfolder", "type"}`` record of a history entry's outputs."""
+    files = []
+    for node_output in entry.get("outputs", {}).values():
+        for items in node_output.values():
+            if isinstance(items, list):
+                files.extend(item for item in items if isinstance(item, dict) and "filename" in item)
+    return files
+
+
+def _main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_p = sub.add_parser("run", help="start a server, run API-format workflows, stop")
+    run_p.add_argument("workflows", nargs="+", type=Path)
+    run_p.add_argument("--out", type=Path, default=Path("output"), help="where to copy the outputs")
+    run_p.add_argument("--timeout", type=float, default=1800.0)
+    args = parser.parse_args()
+
+    with ComfyUIServer() as server:
+        print(f"ComfyUI {server.url} with {PACK_NAME} loaded (log: {server.log_path})")
+        args.out.mkdir(parents=True, exist_ok=True)
+        for workflow in args.workflows:
+            started = time.monotonic()
+            entry = server.run(json.loads(workflow.read_text()), timeout=args.timeout)
+            for item in output_files(entry):
+                if item.get("type") != "output":
+                    continue
+                target = args.out / item["filename"]
+                target.write_bytes(server.view(item["filename"], item.get("subfolder", "")))
+                print(f"{workflow.name}: wrote {target} ({time.monotonic() - started:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

@@ -1,0 +1,58 @@
+"""Shared fixtures: a real ComfyUI server for the node and workflow tests.
+
+The server comes from ``scripts/comfyui_env.sh setup`` (or ``COMFYUI_DIR`` for an existing
+install). It starts once per test session on a free loopback port and always stops; when a
+test that used it fails, the server log is attached to the report.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = REPO_ROOT / "tests" / "_artifacts"
+sys.path.insert(0, str(REPO_ROOT / "scripts"))  # comfyui_harness
+sys.path.insert(0, str(REPO_ROOT / "tests"))  # shared test helpers (golden_utils, ...)
+
+from comfyui_harness import ComfyUIError, ComfyUIServer  # noqa: E402
+from support import require  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    """Where tests leave screenshots and logs for a person to look at."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def comfyui(artifacts_dir):
+    """A running ComfyUI with this pack loaded (:class:`comfyui_harness.ComfyUIServer`)."""
+    try:
+        server = ComfyUIServer(base_dir=None)
+    except ComfyUIError as err:
+        require(False, str(err))
+    try:
+        server.start()
+    except ComfyUIError as err:
+        server.cleanup()
+        pytest.fail(str(err), pytrace=False)
+    try:
+        yield server
+    finally:
+        log = server.log_text()
+        server.cleanup()
+        (artifacts_dir / "comfyui_server.log").write_text(log)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Attach the ComfyUI log tail to every failing test that used the server."""
+    outcome = yield
+    report = outcome.get_result()
+    server = item.funcargs.get("comfyui") if hasattr(item, "funcargs") else None
+    if report.failed and isinstance(server, ComfyUIServer):
+        report.sections.append(("ComfyUI server log (tail)", server.log_tail(80)))
