@@ -1,0 +1,80 @@
+"""Causal 3D convolution: a frame never sees the frames after it.
+
+The time axis is padded on the front only (with zeros), so output frame ``t`` depends on
+input frames ``<= t``. Because of that a long video can be processed in temporal chunks:
+a :class:`CausalCache` carries, for every convolution, the input frames that the next
+chunk's first window still needs. Chunked and unchunked runs then give the same result.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class CausalCache:
+    """State shared by one encoder or decoder pass over consecutive temporal chunks.
+
+    ``first_chunk`` is True while the first chunk (the one holding the image frame) runs;
+    the driver clears it before the next chunk. ``tails`` maps each causal convolution to
+    the trailing frames of its padded input that its next window starts on.
+    """
+
+    def __init__(self) -> None:
+        self.first_chunk = True
+        self.tails: dict[nn.Module, torch.Tensor] = {}
+
+
+def is_first_chunk(cache: CausalCache | None) -> bool:
+    """True for an unchunked pass (no cache) and for the first chunk of a chunked one."""
+    return cache is None or cache.first_chunk
+
+
+class CausalConv3d(nn.Module):
+    """``nn.Conv3d`` (kept as ``.conv`` for the checkpoint names) with causal time padding.
+
+    Args:
+        in_channels, out_channels: channel counts.
+        kernel_size: int or (time, height, width); height and width must be odd.
+        stride: int (applied to time only, as in the reference) or (time, height, width).
+        bias: whether the convolution has a bias.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int, int],
+        stride: int | tuple[int, int, int] = 1,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        kernel = (kernel_size,) * 3 if isinstance(kernel_size, int) else tuple(kernel_size)
+        strides = (stride, 1, 1) if isinstance(stride, int) else tuple(stride)
+        k_t, k_h, k_w = kernel
+        if k_h % 2 == 0 or k_w % 2 == 0:
+            raise ValueError(f"spatial kernel sizes must be odd, got {kernel}")
+        self.time_kernel = k_t
+        self.time_stride = strides[0]
+        # F.pad order: (w_left, w_right, h_top, h_bottom, t_front, t_back)
+        self.spatial_padding = (k_w // 2, k_w // 2, k_h // 2, k_h // 2, 0, 0)
+        self.time_padding = (0, 0, 0, 0, k_t - 1, 0)
+        self.conv = nn.Conv3d(in_channels, out_channels, kernel, stride=strides, bias=bias)
+
+    def forward(self, x: torch.Tensor, cache: CausalCache | None = None) -> torch.Tensor:
+        # x: (B, C, T, H, W)
+        x = F.pad(x, self.spatial_padding)
+        if self.time_kernel == 1:
+            return self.conv(x)
+        tail = None if cache is None else cache.tails.get(self)
+        if tail is None:
+            x = F.pad(x, self.time_padding)  # zeros before the first frame
+        else:
+            x = torch.cat([tail, x], dim=2)
+        if cache is not None:
+            # The next window starts right after the last one that fits in this chunk;
+            # everything from there on is needed again by the next chunk.
+            num_windows = (x.shape[2] - self.time_kernel) // self.time_stride + 1
+            cache.tails[self] = x[:, :, num_windows * self.time_stride :].clone()
+        return self.conv(x)  # (B, C_out, T_out, H_out, W_out)

@@ -1,0 +1,39 @@
+"""The encoder's output distribution: a diagonal Gaussian per latent element."""
+
+from __future__ import annotations
+
+import torch
+
+
+class DiagonalGaussian:
+    """Gaussian posterior from encoder moments (B, 2C, T, H, W): mean and log-variance halves.
+
+    ``logvar`` is clamped to [-30, 20] as in the reference. ``sample`` draws its noise
+    from the caller's generator only (the reference drew from the global RNG in its
+    pipelines), so a seeded generator gives the same latents on every run and device.
+    """
+
+    def __init__(self, moments: torch.Tensor) -> None:
+        self.mean, logvar = moments.chunk(2, dim=1)                 # (B, C, T, H, W) each
+        self.logvar = logvar.clamp(-30.0, 20.0)
+        self.std = torch.exp(0.5 * self.logvar)
+        self.var = torch.exp(self.logvar)
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """mean + std * eps. The noise is drawn on the generator's device, then moved."""
+        device = generator.device if generator is not None else self.mean.device
+        eps = torch.randn(self.mean.shape, generator=generator, device=device, dtype=self.mean.dtype)
+        return self.mean + self.std * eps.to(self.mean.device)
+
+    def mode(self) -> torch.Tensor:
+        return self.mean
+
+    def kl(self, other: DiagonalGaussian | None = None) -> torch.Tensor:
+        """KL divergence to ``other`` (default: the standard normal), summed over T, H, W -> (B, C)."""
+        if other is None:
+            terms = self.mean.pow(2) + self.var - 1.0 - self.logvar
+        else:
+            terms = (
+                (self.mean - other.mean).pow(2) / other.var + self.var / other.var - 1.0 - self.logvar + other.logvar
+            )
+        return 0.5 * terms.sum(dim=(2, 3, 4))
