@@ -1,0 +1,134 @@
+"""Invariants of the pyramid DiTs on tiny random models (shapes, masking, checkpointing, config)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pyramid_core.models import PyramidDiffusionMMDiT, PyramidFluxTransformer
+
+TINY = {
+    "flux": lambda: PyramidFluxTransformer(
+        num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=32, pooled_projection_dim=16, axes_dims_rope=(4, 6, 6),
+    ),
+    "mmdit": lambda: PyramidDiffusionMMDiT(
+        sample_size=32, num_layers=2, attention_head_dim=16, num_attention_heads=2, caption_projection_dim=32,
+        pooled_projection_dim=16, pos_embed_max_size=16, joint_attention_dim=32,
+    ),
+}
+
+
+def tiny(family: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = TINY[family]()
+    with torch.no_grad():  # the training init zeroes modulation and outputs; make every path live
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
+def training_batch(valid=(8, 5, 3)):
+    """Three pyramid entries (stages of different lengths), batch 1 each, with history."""
+    g = torch.Generator().manual_seed(1)
+    sample = [
+        [torch.randn(1, 16, 2, 2, 2, generator=g), torch.randn(1, 16, 1, 2, 2, generator=g)],
+        [torch.randn(1, 16, 1, 2, 2, generator=g), torch.randn(1, 16, 1, 4, 4, generator=g),
+         torch.randn(1, 16, 1, 4, 4, generator=g)],
+        [torch.randn(1, 16, 2, 8, 8, generator=g)],
+    ]
+    rows = len(sample)
+    mask = torch.zeros(rows, 8, dtype=torch.int64)
+    for r, n in enumerate(valid):
+        mask[r, :n] = 1
+    return dict(
+        sample=sample,
+        encoder_hidden_states=torch.randn(rows, 8, 32, generator=g),
+        encoder_attention_mask=mask,
+        pooled_projections=torch.randn(rows, 16, generator=g),
+        timestep_ratio=torch.tensor([900.0, 500.0, 100.0]),
+    )
+
+
+@pytest.mark.parametrize("family", TINY)
+def test_output_shapes_follow_the_noisy_clips(family):
+    batch = training_batch()
+    with torch.no_grad():
+        out = tiny(family)(**batch)
+    assert [o.shape for o in out] == [entry[-1].shape for entry in batch["sample"]]
+
+
+@pytest.mark.parametrize("family", TINY)
+def test_padded_text_tokens_are_ignored(family):
+    model, batch = tiny(family), training_batch()
+    with torch.no_grad():
+        ref = model(**batch)
+        padded = batch["encoder_attention_mask"] == 0
+        batch["encoder_hidden_states"][padded] = 1e3
+        out = model(**batch)
+    for o, r in zip(out, ref):
+        torch.testing.assert_close(o, r, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", TINY)
+def test_entries_do_not_see_each_other(family):
+    """Packed entries are independent: changing one entry's latents leaves the others alone."""
+    model, batch = tiny(family), training_batch()
+    with torch.no_grad():
+        ref = model(**batch)
+        batch["sample"][2][0].mul_(-1)
+        out = model(**batch)
+    torch.testing.assert_close(out[0], ref[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(out[1], ref[1], rtol=0, atol=1e-6)
+    assert not torch.allclose(out[2], ref[2])
+
+
+@pytest.mark.parametrize("family", TINY)
+def test_gradient_checkpointing_gives_the_same_gradients(family):
+    grads = []
+    for checkpointing in (False, True):
+        model = tiny(family).train()
+        if checkpointing:
+            model.enable_gradient_checkpointing()
+        loss = sum(o.square().mean() for o in model(**training_batch()))
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 0
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("family", TINY)
+def test_config_round_trip_keeps_runtime_switches_out(family, tmp_path):
+    model = tiny(family)
+    model.save_config(tmp_path)
+    config = type(model).load_config(tmp_path)
+    assert "use_flash_attn" not in config and "use_gradient_checkpointing" not in config
+    rebuilt = type(model).from_config({**config, "use_flash_attn": True, "use_gradient_checkpointing": True})
+    assert {n: p.shape for n, p in rebuilt.state_dict().items()} == {n: p.shape for n, p in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("family", TINY)
+def test_bfloat16_runs_close_to_float32(family):
+    model, batch = tiny(family), training_batch()
+    with torch.no_grad():
+        ref = model(**batch)
+        out = model.to(torch.bfloat16)(**{**batch, "encoder_hidden_states": batch["encoder_hidden_states"].bfloat16(),
+                                            "pooled_projections": batch["pooled_projections"].bfloat16()})
+    for o, r in zip(out, ref):
+        assert o.dtype == torch.bfloat16
+        assert (o.float() - r).abs().max() < 0.1 * r.abs().max() + 0.05
+
+
+def test_mismatched_conditioning_rows_are_explained():
+    batch = training_batch()
+    batch["pooled_projections"] = batch["pooled_projections"][:2]
+    with pytest.raises(ValueError, match=r"pooled_projections has 2 rows.*= 3"):
+        tiny("flux")(**batch)
+
+
+def test_a_bare_tensor_sample_is_explained():
+    batch = training_batch()
+    batch["sample"] = batch["sample"][2][0]
+    with pytest.raises(TypeError, match=r"\[\[latent\]\]"):
+        tiny("flux")(**batch)
