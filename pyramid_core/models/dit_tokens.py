@@ -270,6 +270,9 @@ class TokenLayout:
             ``(T, H, K)``; rows of padded text tokens are zero.
         """
         idx = self.pack_index
+        # Under bf16 autocast the per-head RMSNorm keeps its fp32 weight's dtype (as the
+        # reference does), so q and k can arrive wider than v; attention runs in v's dtype.
+        q, k = q.to(v.dtype), k.to(v.dtype)
         packed = varlen_attention(
             q.index_select(0, idx), k.index_select(0, idx), v.index_select(0, idx),  # (T_packed, H, K)
             self.cu_seqlens,

@@ -1,11 +1,12 @@
 """Command-line entry points of the training tools.
 
     python -m pyramid_core.training.cli train-vae --config vae.yaml [key=value ...]
+    python -m pyramid_core.training.cli train-dit --config dit.yaml [key=value ...]
     python -m pyramid_core.training.cli extract-latents --anno in.jsonl --vae causal_video_vae/ ...
     python -m pyramid_core.training.cli extract-text --anno in.jsonl --text-encoders ckpt/ ...
 
 Each works under ``torchrun`` too. ``pyramid_core.cli`` forwards its ``train-vae``,
-``extract-latents`` and ``extract-text`` sub-commands to the functions here.
+``train-dit``, ``extract-latents`` and ``extract-text`` sub-commands to the functions here.
 """
 
 from __future__ import annotations
@@ -33,6 +34,21 @@ def train_vae_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def train_dit_main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="train-dit", description="Train or fine-tune (LoRA) a pyramid DiT.")
+    parser.add_argument("--config", help="JSON, YAML or TOML file with DiTTrainConfig keys")
+    parser.add_argument("overrides", nargs="*", help="key=value pairs applied after the file (JSON values)")
+    args = parser.parse_args(argv)
+    from .dit_trainer import DiTTrainConfig, train_dit
+
+    try:
+        cfg = load_config(DiTTrainConfig, args.config, parse_overrides(args.overrides))
+    except ConfigError as err:
+        parser.error(str(err))
+    print(json.dumps(train_dit(cfg)))
+    return 0
+
+
 def _buckets(text: str) -> list[tuple[int, int]]:
     """``"640x384,384x640"`` -> [(640, 384), (384, 640)]."""
     try:
@@ -53,7 +69,6 @@ def extract_latents_main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="extract-latents", description="Encode videos/images to VAE latents.")
     _common(parser)
     parser.add_argument("--vae", required=True, help="causal_video_vae folder or single file")
-    parser.add_argument("--variant", default="miniflux-384p", help="latent normalisation constants")
     parser.add_argument("--sizes", type=_buckets, default=[(640, 384)], help="buckets WxH[,WxH...]")
     parser.add_argument("--frames", type=int, default=121, help="most pixel frames per video (1 + 8k)")
     parser.add_argument("--fps", type=float, default=24.0)
@@ -72,7 +87,7 @@ def extract_latents_main(argv: Sequence[str] | None = None) -> int:
     info = init_distributed(args.device)
     setup_logging(info)
     vae = load_vae(args.vae, dtype=args.dtype, device=info.device)
-    stats = extract_latents(vae, args.anno, args.out_dir, args.out_jsonl, args.variant, args.sizes, args.frames,
+    stats = extract_latents(vae, args.anno, args.out_dir, args.out_jsonl, args.sizes, args.frames,
                             args.fps, args.data_root, info, args.seed, not args.mean, args.chunk_size, args.tile_size)
     print(json.dumps({"rank": info.rank, **stats}))
     cleanup()
@@ -103,7 +118,12 @@ def extract_text_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-COMMANDS = {"train-vae": train_vae_main, "extract-latents": extract_latents_main, "extract-text": extract_text_main}
+COMMANDS = {
+    "train-vae": train_vae_main,
+    "train-dit": train_dit_main,
+    "extract-latents": extract_latents_main,
+    "extract-text": extract_text_main,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,8 +6,9 @@ each file atomically, and finally (rank 0, after a barrier) write an output JSON
 rows that have their file, with ``latent`` / ``text_fea`` pointing at it. Rows that cannot be
 read are logged and counted, never fatal.
 
-Files match the reference: a latent file holds one tensor (1, 16, 1 + k, H/8, W/8), here
-already normalised for the variant (``pyramid_core.latents.normalize_latents``); a text file
+Files match the reference: a latent file holds one tensor (1, 16, 1 + k, H/8, W/8) of raw
+VAE latents (the DiT trainer normalises them for its variant, so one extraction serves every
+variant, and latents extracted by the reference's tool load unchanged); a text file
 holds ``{"prompt_embed": (1, 128, D), "prompt_attention_mask": (1, 128), "pooled_prompt_embed": (1, P)}``.
 """
 
@@ -20,7 +21,6 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..latents import encode_to_latents
 from .checkpoints import atomic_torch_save
 from .data import decode_frames, nearest_bucket, probe_media, read_jsonl, resize_center_crop, resolve, write_jsonl
 from .distributed import DistInfo, barrier
@@ -64,11 +64,11 @@ def video_frames_for_latents(path: Path, num_frames: int, fps: float, buckets: S
     return resize_center_crop(decode_frames(path, indices), w, h)
 
 
-def extract_latents(vae, anno_file: str | Path, out_dir: str | Path, out_jsonl: str | Path, variant,
+def extract_latents(vae, anno_file: str | Path, out_dir: str | Path, out_jsonl: str | Path,
                     buckets: Sequence[tuple[int, int]], num_frames: int, fps: float, data_root: str | Path = "",
                     info: DistInfo = DistInfo(), seed: int = 0, sample: bool = True,
                     chunk_size: int | None = None, tile_size: int | None = None) -> Counter:
-    """Encode every ``video``/``image`` row to normalised latents; returns counts (encoded, existing, skipped)."""
+    """Encode every ``video``/``image`` row to raw VAE latents; returns counts (encoded, existing, skipped)."""
     rows, out_dir, stats = read_jsonl(anno_file), Path(out_dir), Counter()
     paths = {i: resolve(str(_output_path(r, "latent", out_dir, i, "-latent")), data_root) for i, r in enumerate(rows)}
     device = next(vae.parameters()).device
@@ -82,8 +82,9 @@ def extract_latents(vae, anno_file: str | Path, out_dir: str | Path, out_jsonl: 
                 raise KeyError("row has no 'video' or 'image'")
             pixels = video_frames_for_latents(resolve(row[key], data_root), num_frames, fps, buckets, key == "image")
             generator = torch.Generator(device).manual_seed(seed + i)  # per row: same latents on any rank count
-            latents = encode_to_latents(vae, pixels[None].to(device), variant, generator=generator, sample=sample,
-                                        chunk_size=chunk_size, tile_size=tile_size)
+            with torch.no_grad():
+                posterior = vae.encode(pixels[None].to(device), chunk_size=chunk_size, tile_size=tile_size)
+                latents = posterior.sample(generator) if sample else posterior.mode()
         except Exception as err:  # a bad row is counted, not fatal
             log.warning("latents for row %d (%s) skipped: %s", i, row.get(key), err)
             stats["skipped"] += 1
