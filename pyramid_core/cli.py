@@ -1,0 +1,252 @@
+"""Command line: ``python -m pyramid_core generate {t2v,i2v,continue} ...``.
+
+Models come from an official checkpoint folder (``--model-dir`` holding
+``diffusion_transformer_384p/`` or ``_768p/``, ``causal_video_vae/`` and the text encoder
+folders) or from single files (``--dit``, ``--vae``) plus a text encoder folder
+(``--text-encoders``). The result is written as an mp4 (H.264 through PyAV).
+
+Examples::
+
+    python -m pyramid_core generate t2v --model-dir pyramid-flow-miniflux \\
+        --prompt "a red fox running through snow" --seconds 5 --output fox.mp4
+    python -m pyramid_core generate i2v --model-dir pyramid-flow-miniflux --image first.png \\
+        --prompt "waves rolling in" --frames 121 --output waves.mp4
+    python -m pyramid_core generate continue --model-dir pyramid-flow-miniflux --video waves.mp4 \\
+        --prompt "waves rolling in" --frames 241 --history-frames 16 --output longer.mp4
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from .latents import decode_from_latents
+from .sampling import HistoryConfig, continue_video, encode_text, image_to_video, image_to_pixels, text_to_video
+from .sampling.settings import SamplingSettings
+from .sizes import VAE_TEMPORAL_FACTOR, check_video_size, frames_for_seconds, latent_frames
+from .variants import DEFAULT_NEGATIVE_PROMPT, PROMPT_SUFFIX, VARIANTS, get_variant
+from .video_io import frames_to_pixels, frames_to_uint8, read_image, read_video, write_video
+
+# Official folder layout: DiT subfolder per variant, VAE subfolder.
+DIT_FOLDERS = {"miniflux-384p": "diffusion_transformer_384p", "miniflux-768p": "diffusion_transformer_768p",
+               "sd3-768p": "diffusion_transformer_768p"}
+VAE_FOLDER = "causal_video_vae"
+FAMILY_OF_CLASS = {"PyramidFluxTransformer": "flux", "PyramidDiffusionMMDiT": "mmdit"}
+
+
+# --------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------
+
+def _per_stage(text: str) -> list[int] | int:
+    values = [v for v in text.split(",") if v.strip()]
+    try:
+        numbers = [int(v) for v in values]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or a comma list such as 20,20,20, got {text!r}") from None
+    return numbers[0] if len(numbers) == 1 else numbers
+
+
+def _per_stage_float(text: str) -> list[float] | float:
+    try:
+        numbers = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or a comma list such as 7,7,7, got {text!r}") from None
+    return numbers[0] if len(numbers) == 1 else numbers
+
+
+def _resolve_paths(args) -> tuple[Path, Path, Path, Optional[str]]:
+    """(DiT, VAE, text encoder folder, variant name or None) from the arguments."""
+    model_dir = Path(args.model_dir) if args.model_dir else None
+    variant = args.variant
+    dit = Path(args.dit) if args.dit else None
+    if dit is None:
+        if model_dir is None:
+            raise ValueError("give --model-dir (official folder) or --dit (single file)")
+        names = [variant] if variant else list(DIT_FOLDERS)
+        found = [(n, model_dir / DIT_FOLDERS[n]) for n in names if (model_dir / DIT_FOLDERS[n]).is_dir()]
+        if not found:
+            raise ValueError(f"{model_dir} has none of {sorted({DIT_FOLDERS[n] for n in names})}/")
+        variant_guess, dit = found[0]
+        variant = variant or (variant_guess if "384p" in dit.name else None)
+    vae = Path(args.vae) if args.vae else (model_dir / VAE_FOLDER if model_dir else None)
+    text = Path(args.text_encoders) if args.text_encoders else model_dir
+    if vae is None or text is None:
+        raise ValueError("single files need --vae and --text-encoders (a folder with tokenizer*/ and text_encoder*/)")
+    return dit, vae, text, variant
+
+
+def _pick_variant(name: Optional[str], dit, dit_path: Path) -> str:
+    family = FAMILY_OF_CLASS.get(type(dit).__name__)
+    if name:
+        if get_variant(name).family != family:
+            raise ValueError(f"--variant {name} is a {get_variant(name).family} model but {dit_path} is {family}")
+        return name
+    if family == "mmdit":
+        return "sd3-768p"
+    return "miniflux-768p" if "768p" in str(dit_path) else "miniflux-384p"
+
+
+def _load_models(args):
+    from .loading import load_dit, load_vae, resolve_dtype
+    from .models.text_encoders import PyramidTextEncoder
+
+    dit_path, vae_path, text_path, variant = _resolve_paths(args)
+    dit = load_dit(dit_path, dtype=args.dtype, device=args.device)
+    variant = _pick_variant(variant, dit, dit_path)
+    vae = load_vae(vae_path, dtype=args.vae_dtype or args.dtype, device=args.device)
+    text_encoder = PyramidTextEncoder.from_pretrained(text_path, dtype=resolve_dtype(args.dtype), device=args.device)
+    return dit, vae, text_encoder, variant
+
+
+def _num_frames(args) -> int:
+    if args.frames is not None:
+        return args.frames
+    return frames_for_seconds(args.seconds)
+
+
+def _progress_bar():
+    from tqdm.auto import tqdm
+
+    state = {}
+
+    def report(info):
+        if "bar" not in state:
+            state["bar"] = tqdm(total=info.total_steps, unit="step", desc="sampling")
+        bar = state["bar"]
+        bar.set_postfix(unit=f"{info.unit_index + 1}/{info.num_units}", stage=info.stage_index)
+        bar.update(info.step - bar.n)
+        if info.step == info.total_steps:
+            bar.close()
+
+    return report
+
+
+def _trim_to_vae_length(frames: torch.Tensor) -> torch.Tensor:
+    """Keep the longest ``1 + 8k`` prefix (the causal VAE's clip lengths)."""
+    keep = 1 + (frames.shape[0] - 1) // VAE_TEMPORAL_FACTOR * VAE_TEMPORAL_FACTOR
+    if keep != frames.shape[0]:
+        print(f"note: using the first {keep} of {frames.shape[0]} frames (the VAE takes 1 + 8k frames)", file=sys.stderr)
+    return frames[:keep]
+
+
+# --------------------------------------------------------------------------------------
+# generate
+# --------------------------------------------------------------------------------------
+
+def _check_args(args) -> int:
+    """Everything that can be checked before a model loads; returns the pixel frame count."""
+    num_frames = _num_frames(args)
+    latent_frames(num_frames)
+    if args.width is not None or args.height is not None:
+        if args.width is None or args.height is None:
+            raise ValueError("give both --width and --height, or neither")
+        check_video_size(args.width, args.height)
+    SamplingSettings.create(3, args.steps, args.video_steps, args.guidance, args.video_guidance)
+    for name in ("image", "video"):
+        path = getattr(args, name)
+        if path and not Path(path).is_file():
+            raise FileNotFoundError(f"--{name} {path}: no such file")
+    return num_frames
+
+
+def generate(args) -> Path:
+    num_frames = _check_args(args)
+    history = HistoryConfig(recent_units=args.recent_units, max_frames=args.history_frames)
+    dit, vae, text_encoder, variant_name = _load_models(args)
+    variant = get_variant(variant_name)
+    generator = torch.Generator(device="cpu").manual_seed(args.seed)
+    text = encode_text(text_encoder, args.prompt, args.negative_prompt, args.prompt_suffix)
+    common = dict(variant=variant, video_steps=args.video_steps, video_guidance_scale=args.video_guidance,
+                  history=history, generator=generator, callback=_progress_bar())
+    if args.mode == "t2v":
+        latents = text_to_video(dit, text, width=args.width or variant.width, height=args.height or variant.height,
+                                num_frames=num_frames, steps=args.steps, guidance_scale=args.guidance, **common)
+    elif args.mode == "i2v":
+        image = image_to_pixels(read_image(args.image)).to(args.device)
+        latents = image_to_video(dit, text, image=image, vae=vae, num_frames=num_frames,
+                                 width=args.width, height=args.height, **common)
+    else:
+        frames, _ = read_video(args.video)
+        pixels = frames_to_pixels(_trim_to_vae_length(frames)).to(args.device)
+        latents = continue_video(dit, text, video=pixels, vae=vae, num_frames=num_frames, **common)
+    pixels = decode_from_latents(vae, latents, variant, chunk_size=1, tile_size=args.vae_tile)
+    frames = frames_to_uint8(pixels)[0]
+    return write_video(args.output, frames, fps=args.fps)
+
+
+# Training tools live in pyramid_core.training.cli (imported only when asked for, so
+# generating never loads the training stack); each parses its own arguments.
+TRAINING_TOOLS = {
+    "train-vae": ("train_vae_main", "train the causal video VAE (--config FILE [key=value ...])"),
+    "train-dit": ("train_dit_main", "train or LoRA-fine-tune a pyramid DiT (--config FILE [key=value ...])"),
+    "extract-latents": ("extract_latents_main", "write VAE latents of a video JSONL, resumable"),
+    "extract-text": ("extract_text_main", "write text features of a JSONL, resumable"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pyramid_core", description="Pyramid Flow video generation")
+    commands = parser.add_subparsers(dest="command", required=True)
+    gen = commands.add_parser("generate", help="generate a video and write an mp4")
+    gen.add_argument("mode", choices=("t2v", "i2v", "continue"), help="text-to-video, image-to-video, continuation")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--negative-prompt", default=DEFAULT_NEGATIVE_PROMPT)
+    gen.add_argument("--prompt-suffix", default=PROMPT_SUFFIX, help="appended to the prompt (default: %(default)r)")
+    models = gen.add_argument_group("models")
+    models.add_argument("--model-dir", help="official folder (diffusion_transformer_*/, causal_video_vae/, text encoders)")
+    models.add_argument("--dit", help="DiT folder or single .safetensors file")
+    models.add_argument("--vae", help="VAE folder or single .safetensors file")
+    models.add_argument("--text-encoders", help="folder with tokenizer*/ and text_encoder*/")
+    models.add_argument("--variant", choices=sorted(VARIANTS), help="default: detected from the DiT")
+    models.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
+    models.add_argument("--vae-dtype", choices=("bf16", "fp16", "fp32"), help="default: --dtype")
+    models.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    video = gen.add_argument_group("video")
+    video.add_argument("--image", help="i2v: the first frame (png, jpg, ...)")
+    video.add_argument("--video", help="continue: the clip to continue")
+    video.add_argument("--width", type=int, help="pixels, a multiple of 64 (t2v default: the variant's)")
+    video.add_argument("--height", type=int)
+    length = video.add_mutually_exclusive_group()
+    length.add_argument("--frames", type=int, help="pixel frames of the result, 1 + 8k")
+    length.add_argument("--seconds", type=float, default=5.0, help="length at 24 fps (default %(default)s)")
+    video.add_argument("--fps", type=int, default=24)
+    video.add_argument("--output", default="pyramid_flow.mp4")
+    sampling = gen.add_argument_group("sampling")
+    sampling.add_argument("--steps", type=_per_stage, default=[20, 20, 20], help="first frame, per stage (20,20,20)")
+    sampling.add_argument("--video-steps", type=_per_stage, default=[10, 10, 10], help="later units, per stage")
+    sampling.add_argument("--guidance", type=_per_stage_float, default=7.0, help="first-frame guidance scale")
+    sampling.add_argument("--video-guidance", type=_per_stage_float, default=5.0, help="video guidance scale")
+    sampling.add_argument("--seed", type=int, default=0)
+    sampling.add_argument("--history-frames", type=int, help="keep at most this many past latent frames")
+    sampling.add_argument("--recent-units", type=int, default=1, help="recent units at full stage resolution")
+    sampling.add_argument("--vae-tile", type=int, help="decode in tiles of this many pixels (saves memory)")
+    for name, (_, help_text) in TRAINING_TOOLS.items():
+        commands.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in TRAINING_TOOLS:
+        from .training import cli as training_cli
+
+        return getattr(training_cli, TRAINING_TOOLS[argv[0]][0])(argv[1:])
+    args = build_parser().parse_args(argv)
+    if args.mode == "i2v" and not args.image:
+        print("error: i2v needs --image", file=sys.stderr)
+        return 2
+    if args.mode == "continue" and not args.video:
+        print("error: continue needs --video", file=sys.stderr)
+        return 2
+    try:
+        path = generate(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0

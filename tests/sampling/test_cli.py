@@ -1,0 +1,111 @@
+"""``python -m pyramid_core generate`` on tiny checkpoints written here; mp4s read back with PyAV."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+pytest.importorskip("av")
+
+from pyramid_core.cli import main  # noqa: E402
+from pyramid_core.loading import save_checkpoint  # noqa: E402
+from pyramid_core.video_io import read_video  # noqa: E402
+
+WORDS = "a the cat dog runs over red blue sky sea tiny test prompt , hyper quality ultra hd 8k".split()
+
+
+def _tokenizer(specials, template, **special_tokens):
+    vocab = {token: i for i, token in enumerate(specials + WORDS)}
+    core = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token=special_tokens["unk_token"]))
+    core.normalizer = tokenizers.normalizers.Lowercase()
+    core.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+    core.post_processor = tokenizers.processors.TemplateProcessing(
+        single=template, special_tokens=[(t, vocab[t]) for t in specials if t in template])
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=core, **special_tokens), vocab
+
+
+def _write_text_encoders(folder: Path, clip_width: int, t5_width: int) -> None:
+    """miniFLUX layout: CLIP-L stand-in (pooled width = DiT pooled dim) + T5 stand-in."""
+    torch.manual_seed(0)
+    clip_tok, vocab = _tokenizer(["<s>", "</s>", "<pad>", "<unk>"], "<s> $A </s>", bos_token="<s>", eos_token="</s>",
+                                 pad_token="<pad>", unk_token="<unk>", model_max_length=77)
+    clip = transformers.CLIPTextModel(transformers.CLIPTextConfig(
+        vocab_size=len(vocab), hidden_size=clip_width, intermediate_size=2 * clip_width, num_hidden_layers=1,
+        num_attention_heads=2, max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=2))
+    t5_tok, vocab = _tokenizer(["<pad>", "</s>", "<unk>"], "$A </s>", eos_token="</s>", pad_token="<pad>",
+                               unk_token="<unk>", model_max_length=512)
+    t5 = transformers.T5EncoderModel(transformers.T5Config(
+        vocab_size=len(vocab), d_model=t5_width, d_ff=32, d_kv=8, num_heads=2, num_layers=1,
+        feed_forward_proj="gated-gelu", relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1))
+    for name, obj in (("tokenizer", clip_tok), ("text_encoder", clip), ("tokenizer_2", t5_tok), ("text_encoder_2", t5)):
+        obj.save_pretrained(folder / name)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, golden_models, golden_model_dir):
+    """An official-layout model folder and the same models as single files."""
+    root = tmp_path_factory.mktemp("cli_models")
+    official = root / "pyramid-flow-tiny"
+    shutil.copytree(golden_model_dir["flux_tiny"], official / "diffusion_transformer_384p")
+    shutil.copytree(golden_model_dir["vae_tiny"], official / "causal_video_vae")
+    dit = golden_models("flux_tiny")
+    _write_text_encoders(official, dit.config.pooled_projection_dim, dit.config.joint_attention_dim)
+    files = dict(dit=save_checkpoint(dit, root / "dit.safetensors"),
+                 vae=save_checkpoint(golden_models("vae_tiny"), root / "vae.safetensors"))
+    return official, files
+
+
+COMMON = ["--prompt", "a red cat", "--steps", "1", "--video-steps", "1,1,1", "--dtype", "fp32", "--device", "cpu",
+          "--width", "128", "--height", "64", "--seed", "1"]
+
+
+def test_cli_t2v_then_continue_then_i2v(checkpoints, tmp_path):
+    official, files = checkpoints
+    t2v = tmp_path / "t2v.mp4"
+    assert main(["generate", "t2v", "--model-dir", str(official), "--frames", "9", "--output", str(t2v), *COMMON]) == 0
+    frames, fps = read_video(t2v)
+    assert frames.shape == (9, 64, 128, 3) and fps == 24
+
+    longer = tmp_path / "continued.mp4"
+    assert main(["generate", "continue", "--dit", str(files["dit"]), "--vae", str(files["vae"]),
+                 "--text-encoders", str(official), "--video", str(t2v), "--frames", "17",
+                 "--history-frames", "2", "--output", str(longer), *COMMON]) == 0
+    assert read_video(longer)[0].shape == (17, 64, 128, 3)
+
+    image = tmp_path / "first.png"
+    from PIL import Image
+
+    Image.fromarray(frames[0].numpy()).save(image)
+    i2v = tmp_path / "i2v.mp4"
+    assert main(["generate", "i2v", "--model-dir", str(official), "--image", str(image), "--frames", "9",
+                 "--output", str(i2v), *COMMON]) == 0
+    assert read_video(i2v)[0].shape == (9, 64, 128, 3)
+
+
+def test_cli_reports_bad_input_before_loading_models(tmp_path, capsys):
+    missing = ["generate", "t2v", "--model-dir", str(tmp_path / "nothing"), "--output", str(tmp_path / "x.mp4")]
+    cases = [(["--frames", "10"], "1 + 8k"), (["--width", "100", "--height", "64"], "multiple of 64"),
+             (["--steps", "1,2"], "steps has 2 entries"), (["--video-guidance", "-1"], "video_guidance_scale")]
+    for extra, message in cases:
+        assert main([*missing, "--prompt", "x", *extra]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["generate", "i2v", "--model-dir", str(tmp_path), "--prompt", "x", "--image", "none.png"]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_module_entry_point(monkeypatch, capsys):
+    import runpy
+
+    monkeypatch.setattr(sys, "argv", ["pyramid_core", "generate", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("pyramid_core", run_name="__main__")
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "t2v" in out and "--history-frames" in out
