@@ -22,22 +22,31 @@ def _check_latents(latents: torch.Tensor) -> None:
         raise ValueError(f"latents must be (B, C, T, H, W) with T >= 1, got shape {tuple(latents.shape)}")
 
 
-def normalize_latents(latents: torch.Tensor, variant: Variant | str) -> torch.Tensor:
-    """VAE latents -> DiT latents: frame 0 with the image shift/scale, frames 1.. with the video ones."""
+def _image_frames(first_frame: int) -> int:
+    """How many leading frames of a clip starting at video frame ``first_frame`` are the image."""
+    if first_frame < 0:
+        raise ValueError(f"first_frame={first_frame}: a latent frame index, 0 or more")
+    return 1 if first_frame == 0 else 0
+
+
+def normalize_latents(latents: torch.Tensor, variant: Variant | str, first_frame: int = 0) -> torch.Tensor:
+    """VAE latents -> DiT latents: the video's frame 0 with the image shift/scale, later frames
+    with the video ones. ``first_frame`` is the video frame index of ``latents[:, :, 0]`` (a
+    clip cut from the middle of a video has no image frame)."""
     _check_latents(latents)
-    v = _as_variant(variant)
-    image = (latents[:, :, :1] - v.image_latent_shift) * v.image_latent_scale
-    video = (latents[:, :, 1:] - v.video_latent_shift) * v.video_latent_scale
+    v, n = _as_variant(variant), _image_frames(first_frame)
+    image = (latents[:, :, :n] - v.image_latent_shift) * v.image_latent_scale
+    video = (latents[:, :, n:] - v.video_latent_shift) * v.video_latent_scale
     return torch.cat([image, video], dim=2)
 
 
-def denormalize_latents(latents: torch.Tensor, variant: Variant | str) -> torch.Tensor:
+def denormalize_latents(latents: torch.Tensor, variant: Variant | str, first_frame: int = 0) -> torch.Tensor:
     """DiT latents -> VAE latents; the inverse of :func:`normalize_latents`."""
     _check_latents(latents)
-    v = _as_variant(variant)
+    v, n = _as_variant(variant), _image_frames(first_frame)
     # Divide by the scale (not multiply by its inverse) to round exactly like the reference.
-    image = latents[:, :, :1] / v.image_latent_scale + v.image_latent_shift
-    video = latents[:, :, 1:] / v.video_latent_scale + v.video_latent_shift
+    image = latents[:, :, :n] / v.image_latent_scale + v.image_latent_shift
+    video = latents[:, :, n:] / v.video_latent_scale + v.video_latent_shift
     return torch.cat([image, video], dim=2)
 
 

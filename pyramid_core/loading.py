@@ -217,6 +217,14 @@ def model_class(kind: str):
     return {"flux": PyramidFluxTransformer, "mmdit": PyramidDiffusionMMDiT, "vae": CausalVideoVAE}[kind]
 
 
+def model_kind(model: torch.nn.Module) -> str:
+    """``"flux"``, ``"mmdit"`` or ``"vae"`` for a loaded model; the inverse of :func:`model_class`."""
+    for kind in KIND_DESCRIPTIONS:
+        if isinstance(model, model_class(kind)):
+            return kind
+    raise ValueError(f"{type(model).__name__} is not a Pyramid Flow model")
+
+
 @contextmanager
 def parameters_on_meta():
     """Create module parameters on the meta device (buffers stay real, e.g. RoPE tables).
@@ -299,8 +307,8 @@ def _load(path: str | Path, wanted: tuple[str, ...], dtype, device) -> torch.nn.
     state_dict = read_state_dict(path)
     kind = detect_kind(state_dict)
     if kind not in wanted:
-        loader = "load_vae (the VAE loader)" if kind == "vae" else "load_dit (the DiT loader)"
-        raise ValueError(f"{path} is {KIND_DESCRIPTIONS[kind]}; load it with {loader}")
+        loader = "the VAE loader (load_vae)" if kind == "vae" else "the DiT loader (load_dit)"
+        raise ValueError(f"{Path(path).name} is {KIND_DESCRIPTIONS[kind]}; load it with {loader}")
     model = build_from_state_dict(kind, state_dict, read_config(path), resolve_dtype(dtype))
     return torch.nn.Module.to(model, device)  # diffusers' .to() warns about dtypes we set on purpose
 

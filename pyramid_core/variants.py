@@ -67,3 +67,26 @@ def get_variant(name: str) -> Variant:
         return VARIANTS[name]
     except KeyError:
         raise ValueError(f"unknown Pyramid Flow variant {name!r}; choose one of {sorted(VARIANTS)}") from None
+
+
+def detect_variant(family: str, name: str = "") -> Variant:
+    """The variant of a DiT checkpoint: its tensors give the family, its name the resolution.
+
+    Args:
+        family: ``"flux"`` or ``"mmdit"`` (``pyramid_core.loading.detect_kind``).
+        name: file or folder name; miniFLUX 384p and 768p have identical tensors, and the
+            official folders (``diffusion_transformer_768p``) and usual file names say which.
+
+    Returns:
+        The matching :class:`Variant`; miniFLUX names without "768" are the 384p model.
+    """
+    candidates = [v for v in VARIANTS.values() if v.family == family]
+    if not candidates:
+        raise ValueError(f"unknown DiT family {family!r}; expected one of {sorted({v.family for v in VARIANTS.values()})}")
+    if len(candidates) == 1:
+        return candidates[0]
+    by_height = {str(v.height): v for v in candidates}
+    for height, variant in sorted(by_height.items(), key=lambda item: -int(item[0])):
+        if height in name:
+            return variant
+    return min(candidates, key=lambda v: v.height)

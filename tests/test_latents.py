@@ -66,3 +66,13 @@ def test_encode_and_decode_entry_points_normalise_and_pass_settings():
     assert torch.equal(latents, before)
     assert vae.calls[1][:3] == ("decode", 2, 128)
     torch.testing.assert_close(vae.calls[1][3], torch.ones(1, 16, 2, 2, 2))
+
+
+def test_a_clip_from_the_middle_of_a_video_uses_video_constants_only():
+    latents = torch.randn(1, 16, 3, 2, 2)
+    whole = normalize_latents(torch.cat([torch.zeros(1, 16, 1, 2, 2), latents], dim=2), "miniflux-384p")
+    middle = normalize_latents(latents, "miniflux-384p", first_frame=1)
+    torch.testing.assert_close(middle, whole[:, :, 1:], rtol=0, atol=0)
+    torch.testing.assert_close(denormalize_latents(middle, "miniflux-384p", first_frame=4), latents)
+    with pytest.raises(ValueError, match="first_frame"):
+        normalize_latents(latents, "miniflux-384p", first_frame=-1)

@@ -157,3 +157,11 @@ def test_missing_path_and_empty_folder(tmp_path):
         loading.load_dit(tmp_path / "nope.safetensors")
     with pytest.raises(ValueError, match="holds no weights"):
         loading.load_dit(tmp_path)
+
+
+@pytest.mark.parametrize("kind", TINY)
+def test_model_kind_names_what_was_loaded(kind):
+    cls, _, config = TINY[kind]
+    assert loading.model_kind(cls.from_config(json.loads((GOLDEN / config).read_text()))) == kind
+    with pytest.raises(ValueError, match="not a Pyramid Flow model"):
+        loading.model_kind(torch.nn.Linear(2, 2))
