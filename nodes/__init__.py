@@ -9,10 +9,27 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from .conditioning import PyramidFlowTextEncode
+from .history import PyramidFlowHistory
 from .latents import PyramidFlowEmptyLatent
+from .loaders import PyramidFlowDiTLoader, PyramidFlowLoraLoader, PyramidFlowTextEncoderLoader, PyramidFlowVAELoader
+from .sampling import PyramidFlowSampler, PyramidFlowStageSampler, PyramidFlowStageTransition, PyramidFlowUnitSampler
+from .vae import PyramidFlowVAEDecode, PyramidFlowVAEEncode
 
 NODES: list[type[io.ComfyNode]] = [
+    PyramidFlowDiTLoader,
+    PyramidFlowVAELoader,
+    PyramidFlowTextEncoderLoader,
+    PyramidFlowLoraLoader,
+    PyramidFlowTextEncode,
     PyramidFlowEmptyLatent,
+    PyramidFlowSampler,
+    PyramidFlowStageSampler,
+    PyramidFlowStageTransition,
+    PyramidFlowUnitSampler,
+    PyramidFlowHistory,
+    PyramidFlowVAEEncode,
+    PyramidFlowVAEDecode,
 ]
 
 

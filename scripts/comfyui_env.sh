@@ -4,6 +4,7 @@
 #   bash scripts/comfyui_env.sh setup     # ComfyUI + venv + this pack linked in (idempotent)
 #   bash scripts/comfyui_env.sh browser   # Debian chromium + Playwright for the browser tests
 #   bash scripts/comfyui_env.sh registry  # comfy-cli (own venv) for 'comfy node validate'
+#   bash scripts/comfyui_env.sh demo      # setup, then run the shipped workflows to videos (output/)
 #   bash scripts/comfyui_env.sh serve     # setup, then run the server in the foreground
 #   bash scripts/comfyui_env.sh info      # print the paths the tests read (COMFYUI_DIR, PYTHON)
 #
@@ -133,6 +134,12 @@ cmd_info() {
   printf 'COMFYUI_DIR=%s\nCOMFYUI_PYTHON=%s\n' "$COMFY" "$PY"
 }
 
+cmd_demo() {
+  cmd_setup
+  cd "$ROOT"
+  exec "$PY" scripts/demo.py "$@"
+}
+
 cmd_serve() {
   cmd_setup
   log "serving on http://127.0.0.1:$PORT (Ctrl-C stops)"
@@ -144,7 +151,8 @@ case "${1:-}" in
   setup) cmd_setup ;;
   browser) cmd_browser ;;
   registry) cmd_registry ;;
+  demo) shift; cmd_demo "$@" ;;
   serve) cmd_serve ;;
   info) cmd_info ;;
-  *) sed -n '2,17p' "$0"; exit 2 ;;
+  *) sed -n '2,18p' "$0"; exit 2 ;;
 esac

@@ -1,16 +1,13 @@
 """Start a real ComfyUI server with this pack and talk to it over HTTP (standard library only).
 
-Used by the test fixtures (``tests/conftest.py``) and by the demo (``scripts/demo.sh``).
+Used by the test fixtures (``tests/conftest.py``) and by the demo (``scripts/demo.py``).
 Each server gets its own base directory (``--base-directory``) holding ``custom_nodes/``
 with only this pack linked in, ``models/``, ``input/``, ``output/`` and ``user/``, so a
 user's own ComfyUI install (``COMFYUI_DIR``) is never written to.
-
-    python scripts/comfyui_harness.py run workflows/api/x.json   # start, run, stop
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -253,31 +250,3 @@ def output_files(entry: dict) -> list[dict]:
             if isinstance(items, list):
                 files.extend(item for item in items if isinstance(item, dict) and "filename" in item)
     return files
-
-
-def _main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    run_p = sub.add_parser("run", help="start a server, run API-format workflows, stop")
-    run_p.add_argument("workflows", nargs="+", type=Path)
-    run_p.add_argument("--out", type=Path, default=Path("output"), help="where to copy the outputs")
-    run_p.add_argument("--timeout", type=float, default=1800.0)
-    args = parser.parse_args()
-
-    with ComfyUIServer() as server:
-        print(f"ComfyUI {server.url} with {PACK_NAME} loaded (log: {server.log_path})")
-        args.out.mkdir(parents=True, exist_ok=True)
-        for workflow in args.workflows:
-            started = time.monotonic()
-            entry = server.run(json.loads(workflow.read_text()), timeout=args.timeout)
-            for item in output_files(entry):
-                if item.get("type") != "output":
-                    continue
-                target = args.out / item["filename"]
-                target.write_bytes(server.view(item["filename"], item.get("subfolder", "")))
-                print(f"{workflow.name}: wrote {target} ({time.monotonic() - started:.1f} s)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main())

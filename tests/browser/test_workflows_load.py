@@ -66,7 +66,7 @@ INSPECT_JS = """async (wf) => {
     const prompt = await app.graphToPrompt();
     return {missingByRegistry, missingByDialog, badLinks, unconnected,
             nodesWithErrors: app.graph.nodes.filter(n => n.has_errors).map(n => `${n.type}#${n.id}`),
-            apiClassTypes: Object.values(prompt.output).map(n => n.class_type)};
+            apiPrompt: prompt.output};
 }"""
 
 
@@ -122,6 +122,8 @@ def test_workflow_loads_in_the_page(page, path, artifacts_dir):
     page.wait_for_timeout(500)  # let the canvas draw before the screenshot
     page.screenshot(path=str(artifacts_dir / f"workflow-{path.stem}.png"))
 
+    invalid = page.get_by_text("Invalid workflow", exact=False)
+    assert invalid.count() == 0, f"the page rejected the file's schema: {invalid.first.inner_text()[:1500]}"
     assert not result["missingByRegistry"], f"unknown node types: {result['missingByRegistry']}"
     assert not result["missingByDialog"], f"frontend reported missing nodes: {result['missingByDialog']}"
     assert not result["badLinks"], f"invalid links: {result['badLinks']}"
@@ -129,7 +131,14 @@ def test_workflow_loads_in_the_page(page, path, artifacts_dir):
     assert not result["nodesWithErrors"], f"nodes with errors: {result['nodesWithErrors']}"
     expected = sorted(n["type"] for n in workflow["nodes"] if n.get("mode", 0) == 0
                       and n["type"] not in ("Note", "MarkdownNote", "Reroute", "PrimitiveNode"))
-    assert sorted(result["apiClassTypes"]) == expected
+    api = result["apiPrompt"]
+    assert sorted(node["class_type"] for node in api.values()) == expected
+    twin = REPO_ROOT / "workflows" / "api" / path.name
+    if path.parent == REPO_ROOT / "workflows":
+        assert twin.is_file(), f"{path.name} has no API-format twin in workflows/api/"
+        # What the page would queue is exactly the API twin (same nodes, values and links).
+        assert {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in api.items()} == \
+            {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in json.loads(twin.read_text()).items()}
     assert not page.page_errors, f"page errors: {page.page_errors}"
 
 

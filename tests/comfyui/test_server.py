@@ -11,7 +11,12 @@ import pytest
 import comfyui_harness
 from comfyui_harness import ComfyUIError, ComfyUIServer, output_files
 
-PACK_NODES = ["PyramidFlowEmptyLatent"]
+PACK_NODES = [
+    "PyramidFlowDiTLoader", "PyramidFlowVAELoader", "PyramidFlowTextEncoderLoader", "PyramidFlowLoraLoader",
+    "PyramidFlowTextEncode", "PyramidFlowEmptyLatent", "PyramidFlowSampler", "PyramidFlowStageSampler",
+    "PyramidFlowStageTransition", "PyramidFlowUnitSampler", "PyramidFlowHistory", "PyramidFlowVAEEncode",
+    "PyramidFlowVAEDecode",
+]
 
 
 def test_pack_imports_without_error(comfyui):
@@ -20,9 +25,12 @@ def test_pack_imports_without_error(comfyui):
     failed = [line for line in log.splitlines() if "IMPORT FAILED" in line and "pyramid-flow" in line]
     assert not failed, failed
     info = comfyui.object_info()
-    for node in PACK_NODES:
-        assert node in info, f"{node} missing from /object_info"
-        assert info[node]["python_module"].startswith("custom_nodes.pyramid-flow")
+    ours = sorted(name for name, node in info.items() if node["python_module"].startswith("custom_nodes.pyramid-flow"))
+    assert ours == sorted(PACK_NODES)
+    for node in PACK_NODES:  # every input explains itself in the UI
+        for group in ("required", "optional"):
+            for name, spec in info[node]["input"].get(group, {}).items():
+                assert len(spec) > 1 and spec[1].get("tooltip"), f"{node}.{name} has no tooltip"
 
 
 def test_core_prompt_saves_an_image(comfyui):

@@ -1,0 +1,203 @@
+"""What the nodes share: the pack's socket types, model handles managed by ComfyUI, model
+file lists, and the per-step progress/preview/interrupt callback.
+
+Nothing here does model math; it adapts ``pyramid_core`` objects to ComfyUI's memory
+management (``comfy.model_management`` + ``ModelPatcher``) and progress reporting.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import comfy.model_management
+import comfy.model_patcher
+import comfy.utils
+import folder_paths
+from comfy_api.latest import io
+
+from ..pyramid_core.variants import Variant
+
+# Socket types of the pack. Each carries one of the handles below, so a wire can only join
+# nodes that understand each other (a Pyramid DiT cannot reach a core KSampler).
+DiTType = io.Custom("PYRAMID_DIT")
+VAEType = io.Custom("PYRAMID_VAE")
+TextEncoderType = io.Custom("PYRAMID_TEXT_ENCODER")
+ConditioningType = io.Custom("PYRAMID_CONDITIONING")
+HistoryType = io.Custom("PYRAMID_HISTORY")
+
+OFFLOAD_MODES = ("auto", "offload_after_use", "keep_on_gpu")
+OFFLOAD_TOOLTIP = ("Where the weights live between uses. auto: ComfyUI keeps them on the GPU and moves them to "
+                   "the CPU when another model needs the memory. offload_after_use: back to the CPU as soon as "
+                   "a node is done with them (least VRAM). keep_on_gpu: never offloaded (fastest, most VRAM).")
+
+
+# --------------------------------------------------------------------------------------
+# model handles: a pyramid_core module inside a ModelPatcher
+# --------------------------------------------------------------------------------------
+
+class PyramidModule(torch.nn.Module):
+    """Holds a ``pyramid_core`` module for a ``ModelPatcher``.
+
+    The patcher sets ``.device`` and bookkeeping attributes on the module it manages;
+    diffusers modules have a read-only ``device``, so they sit one level down. Weight keys
+    are ``diffusion_model.<name>`` (the prefix LoRA patches address).
+    """
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.diffusion_model = module
+
+
+@dataclass(frozen=True)
+class ModelHandle:
+    """A loaded model as it travels between nodes: the patcher plus what the nodes need to know."""
+
+    patcher: comfy.model_patcher.ModelPatcher
+    offload: str = "auto"
+    variant: Variant | None = None     # DiTs only
+    family: str | None = None          # text encoders: "flux" or "mmdit"
+
+    def clone(self) -> "ModelHandle":
+        """A handle on a patcher clone (shares weights; patches added to it stay its own)."""
+        return replace(self, patcher=self.patcher.clone())
+
+
+def make_handle(module: torch.nn.Module, *, offload: str = "auto", kind: str = "dit", **info) -> ModelHandle:
+    """Wrap ``module`` in a ``ModelPatcher`` with ComfyUI's devices for its kind."""
+    mm = comfy.model_management
+    if offload not in OFFLOAD_MODES:
+        raise ValueError(f"offload={offload!r}: choose one of {', '.join(OFFLOAD_MODES)}")
+    load_device = {"dit": mm.get_torch_device, "vae": mm.vae_device, "text": mm.text_encoder_device}[kind]()
+    offload_device = {"dit": mm.unet_offload_device, "vae": mm.vae_offload_device,
+                      "text": mm.text_encoder_offload_device}[kind]()
+    if offload == "keep_on_gpu":
+        offload_device = load_device
+    holder = PyramidModule(module.to(offload_device))
+    patcher = comfy.model_patcher.ModelPatcher(holder, load_device=load_device, offload_device=offload_device)
+    return ModelHandle(patcher, offload, **info)
+
+
+def _unload(patcher) -> None:
+    mm = comfy.model_management
+    for index, loaded in enumerate(list(mm.current_loaded_models)):
+        if loaded.model is patcher:
+            loaded.model_unload()
+            mm.current_loaded_models.pop(index)
+            break
+    mm.soft_empty_cache()
+
+
+@contextmanager
+def model_on_device(handle: ModelHandle):
+    """Load the handle's weights (with its patches) on its device; yields the bare module."""
+    comfy.model_management.load_models_gpu([handle.patcher], force_full_load=True)
+    try:
+        yield handle.patcher.model.diffusion_model
+    finally:
+        if handle.offload == "offload_after_use":
+            _unload(handle.patcher)
+
+
+def execution_device(handle: ModelHandle) -> torch.device:
+    return handle.patcher.load_device
+
+
+# --------------------------------------------------------------------------------------
+# model files
+# --------------------------------------------------------------------------------------
+
+def _official_folders(folder_name: str, subfolder_prefix: str) -> list[str]:
+    """``<repo>/<subfolder>`` entries (diffusers-style folders with a config.json) under a model folder."""
+    found = set()
+    for root in folder_paths.get_folder_paths(folder_name):
+        root_path = Path(root)
+        if not root_path.is_dir():
+            continue
+        for config in list(root_path.glob(f"{subfolder_prefix}*/config.json")) + \
+                list(root_path.glob(f"*/{subfolder_prefix}*/config.json")):
+            found.add(config.parent.relative_to(root_path).as_posix())
+    return sorted(found)
+
+
+def model_choices(folder_name: str, subfolder_prefix: str) -> list[str]:
+    """Single files of a ComfyUI model folder, then the official checkpoint folders found in it."""
+    files = [f for f in folder_paths.get_filename_list(folder_name) if f.endswith((".safetensors", ".sft", ".bin", ".pt", ".pth"))]
+    return files + _official_folders(folder_name, subfolder_prefix)
+
+
+def text_encoder_folders() -> list[str]:
+    """Folders holding official ``tokenizer*/`` + ``text_encoder*/`` pairs, in the text encoder and diffusion model folders."""
+    found = set()
+    for folder_name in ("text_encoders", "diffusion_models"):
+        for root in folder_paths.get_folder_paths(folder_name):
+            root_path = Path(root)
+            if not root_path.is_dir():
+                continue
+            for tokenizer in list(root_path.glob("*/tokenizer")) + list(root_path.glob("*/*/tokenizer")):
+                if (tokenizer.parent / "text_encoder").is_dir() and (tokenizer.parent / "text_encoder_2").is_dir():
+                    found.add(tokenizer.parent.relative_to(root_path).as_posix())
+    return sorted(found)
+
+
+def resolve_model_path(folder_names: tuple[str, ...], name: str) -> str:
+    """Full path of a file or folder picked in a combo; a clear error if it is gone."""
+    for folder_name in folder_names:
+        for root in folder_paths.get_folder_paths(folder_name):
+            candidate = os.path.join(root, name)
+            if os.path.exists(candidate) and os.path.realpath(candidate).startswith(os.path.realpath(root)):
+                return candidate
+    raise ValueError(f"{name!r} is not in models/{'/'.join(folder_names)}: put it there and refresh the page")
+
+
+# --------------------------------------------------------------------------------------
+# progress, preview, interrupt
+# --------------------------------------------------------------------------------------
+
+_PREVIEW_FACTORS = None
+
+
+def _latent_rgb_factors() -> torch.Tensor:
+    """(16, 3) projection of a 16-channel latent to RGB (the SD3 VAE family's, from ComfyUI)."""
+    global _PREVIEW_FACTORS
+    if _PREVIEW_FACTORS is None:
+        import comfy.latent_formats
+
+        _PREVIEW_FACTORS = torch.tensor(comfy.latent_formats.SD3().latent_rgb_factors, dtype=torch.float32)
+    return _PREVIEW_FACTORS
+
+
+def latent_preview_image(latents: torch.Tensor):
+    """A cheap RGB picture of the last latent frame of the first video (PIL image)."""
+    from PIL import Image
+
+    frame = latents[0, :, -1].detach().to("cpu", torch.float32)                     # (C, h, w)
+    rgb = torch.einsum("chw,cr->hwr", frame, _latent_rgb_factors())                 # (h, w, 3)
+    pixels = ((rgb + 1) / 2).clamp(0, 1).mul(255).to(torch.uint8).numpy()
+    return Image.fromarray(pixels)
+
+
+def _previews_enabled() -> bool:
+    from comfy.cli_args import LatentPreviewMethod, args
+
+    return args.preview_method != LatentPreviewMethod.NoPreviews
+
+
+def step_callback(total_steps: int):
+    """The ``pyramid_core`` step callback of a sampling node.
+
+    Every step: stop if the user pressed Cancel (the exception ends the prompt within
+    that step), then advance the node's progress bar with a preview of the current latent.
+    """
+    progress = comfy.utils.ProgressBar(total_steps)
+    previews = _previews_enabled()
+
+    def report(info) -> None:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        preview = ("JPEG", latent_preview_image(info.latents), 512) if previews else None
+        progress.update_absolute(info.step, info.total_steps, preview)
+
+    return report

@@ -1,0 +1,160 @@
+"""Loaders: the pyramid DiT, the causal video VAE, the official text encoders, DiT LoRAs."""
+
+from __future__ import annotations
+
+import torch
+import comfy.lora
+import comfy.utils
+import folder_paths
+from comfy_api.latest import io
+
+from ..pyramid_core.loading import load_dit, load_vae, model_kind
+from ..pyramid_core.models.text_encoders import PyramidTextEncoder, detect_text_encoder_family
+from ..pyramid_core.variants import VARIANTS, detect_variant, get_variant
+from ._runtime import (
+    OFFLOAD_MODES,
+    OFFLOAD_TOOLTIP,
+    DiTType,
+    TextEncoderType,
+    VAEType,
+    make_handle,
+    model_choices,
+    resolve_model_path,
+    text_encoder_folders,
+)
+
+CATEGORY = "PyramidFlow/loaders"
+PRECISIONS = ("bf16", "fp16", "fp32", "fp8_e4m3fn")
+
+
+class PyramidFlowDiTLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PyramidFlowDiTLoader",
+            display_name="Pyramid Flow DiT Loader",
+            category=CATEGORY,
+            description="Loads a Pyramid Flow diffusion transformer (miniFLUX or SD3) from models/diffusion_models.",
+            inputs=[
+                io.Combo.Input("dit_name", options=model_choices("diffusion_models", "diffusion_transformer_"),
+                               tooltip="A single .safetensors file in models/diffusion_models, or an official "
+                                       "folder (e.g. pyramid-flow-miniflux/diffusion_transformer_384p) placed there."),
+                io.Combo.Input("precision", options=list(PRECISIONS), default="bf16",
+                               tooltip="Compute dtype. fp8_e4m3fn stores the linear weights in 8 bits (half the "
+                                       "memory of bf16) and computes in bf16. fp16 may overflow; fp32 is for CPUs."),
+                io.Combo.Input("variant", options=["auto", *VARIANTS], default="auto",
+                               tooltip="auto: miniFLUX or SD3 from the tensors, 384p or 768p from the folder/file "
+                                       "name (384p if the name does not say). Pick one if your file is named otherwise."),
+                io.Combo.Input("offload", options=list(OFFLOAD_MODES), default="auto", tooltip=OFFLOAD_TOOLTIP),
+            ],
+            outputs=[DiTType.Output(display_name="dit")],
+        )
+
+    @classmethod
+    def execute(cls, dit_name: str, precision: str, variant: str, offload: str) -> io.NodeOutput:
+        path = resolve_model_path(("diffusion_models",), dit_name)
+        compute, storage = ("bf16", "fp8_e4m3fn") if precision == "fp8_e4m3fn" else (precision, None)
+        model = load_dit(path, dtype=compute, weight_dtype=storage)
+        family = model_kind(model)
+        chosen = detect_variant(family, dit_name) if variant == "auto" else get_variant(variant)
+        if chosen.family != family:
+            raise ValueError(f"{dit_name} is a {family} DiT but variant {chosen.name} is a {chosen.family} model; "
+                             "choose a matching variant or auto")
+        return io.NodeOutput(make_handle(model, offload=offload, kind="dit", variant=chosen))
+
+
+class PyramidFlowVAELoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PyramidFlowVAELoader",
+            display_name="Pyramid Flow VAE Loader",
+            category=CATEGORY,
+            description="Loads Pyramid Flow's causal video VAE from models/vae.",
+            inputs=[
+                io.Combo.Input("vae_name", options=model_choices("vae", "causal_video_vae"),
+                               tooltip="A single .safetensors file in models/vae, or an official causal_video_vae "
+                                       "folder placed there."),
+                io.Combo.Input("precision", options=["bf16", "fp16", "fp32"], default="bf16",
+                               tooltip="VAE dtype; bf16 as the reference, fp32 on CPUs."),
+            ],
+            outputs=[VAEType.Output(display_name="vae")],
+        )
+
+    @classmethod
+    def execute(cls, vae_name: str, precision: str) -> io.NodeOutput:
+        model = load_vae(resolve_model_path(("vae",), vae_name), dtype=precision)
+        return io.NodeOutput(make_handle(model, kind="vae"))
+
+
+class PyramidFlowTextEncoderLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PyramidFlowTextEncoderLoader",
+            display_name="Pyramid Flow Text Encoder Loader",
+            category=CATEGORY,
+            description="Loads the text encoders of an official Pyramid Flow folder (CLIP + T5). "
+                        "With t5xxl + clip_l files, use the core DualCLIPLoader (type flux) instead.",
+            inputs=[
+                io.Combo.Input("folder", options=text_encoder_folders(),
+                               tooltip="An official model folder (holding tokenizer/, text_encoder/, tokenizer_2/, "
+                                       "text_encoder_2/) in models/text_encoders or models/diffusion_models."),
+                io.Combo.Input("precision", options=["bf16", "fp32"], default="bf16",
+                               tooltip="bf16 as the reference (T5 overflows in fp16); fp32 on CPUs."),
+            ],
+            outputs=[TextEncoderType.Output(display_name="text_encoder")],
+        )
+
+    @classmethod
+    def execute(cls, folder: str, precision: str) -> io.NodeOutput:
+        path = resolve_model_path(("text_encoders", "diffusion_models"), folder)
+        family = detect_text_encoder_family(path)
+        dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+        encoder = PyramidTextEncoder.from_pretrained(path, family=family, dtype=dtype)
+        return io.NodeOutput(make_handle(encoder, kind="text", family=family))
+
+
+def _lora_key_map(handle) -> dict[str, str]:
+    """LoRA names (diffusers/peft/kohya spellings) -> weight keys of the patched holder."""
+    key_map = {}
+    for name, module in handle.patcher.model.diffusion_model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            target = f"diffusion_model.{name}.weight"
+            for prefix in ("", "transformer.", "base_model.model.", "diffusion_model.", "unet."):
+                key_map[prefix + name] = target
+            key_map["lora_unet_" + name.replace(".", "_")] = target
+    return key_map
+
+
+class PyramidFlowLoraLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PyramidFlowLoraLoader",
+            display_name="Pyramid Flow LoRA Loader",
+            category=CATEGORY,
+            description="Applies a LoRA to a Pyramid Flow DiT (diffusers/peft lora_A/lora_B or kohya lora_down/lora_up "
+                        "names). The weights are patched when the DiT loads, the original DiT is left unchanged.",
+            inputs=[
+                DiTType.Input("dit", tooltip="The DiT to apply the LoRA to."),
+                io.Combo.Input("lora_name", options=folder_paths.get_filename_list("loras"),
+                               tooltip="A LoRA .safetensors file in models/loras trained on this DiT."),
+                io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.01,
+                               tooltip="Multiplier of the LoRA's change; 0 turns it off, negative inverts it."),
+            ],
+            outputs=[DiTType.Output(display_name="dit")],
+        )
+
+    @classmethod
+    def execute(cls, dit, lora_name: str, strength: float) -> io.NodeOutput:
+        lora = comfy.utils.load_torch_file(folder_paths.get_full_path_or_raise("loras", lora_name), safe_load=True)
+        patched = dit.clone()
+        patches = comfy.lora.load_lora(lora, _lora_key_map(patched), log_missing=False)
+        if not patches:
+            raise ValueError(f"{lora_name} has no weights that match this DiT's layers: is it a LoRA for "
+                             f"{dit.variant.name if dit.variant else 'Pyramid Flow'}?")
+        applied = patched.patcher.add_patches(patches, strength)
+        if len(applied) < len(patches):
+            raise ValueError(f"{lora_name}: {len(patches) - len(applied)} LoRA layers do not fit this DiT")
+        return io.NodeOutput(patched)

@@ -1,0 +1,210 @@
+"""Tiny stand-in checkpoints for the shipped workflows (no downloads, random weights).
+
+Used by the real-ComfyUI tests and by the demo (``scripts/demo.py``): the real weights
+cannot be fetched on the machines this project is tested on, so the workflows run on tiny
+models in the official layouts under the file names the workflows expect.
+
+* DiTs: the golden tiny miniFLUX/SD3 weights (official tensor names) as single files in
+  ``diffusion_models/`` -- their configs are derived from the tensor shapes, as for the
+  released single files.
+* VAE: the golden tiny causal VAE as a single file in ``vae/`` with its config in the
+  safetensors metadata (the released VAE needs none; a tiny one must say its size).
+* Text encoders: an official-layout folder (``tokenizer/``, ``text_encoder/``,
+  ``tokenizer_2/``, ``text_encoder_2/``) with a 1-layer CLIP (pooled width 16) and T5
+  (width 32), the widths the tiny DiTs take.
+* LoRA: a peft-style (``lora_A``/``lora_B``) LoRA for the tiny miniFLUX.
+
+:func:`shrink` turns a shipped API workflow into one these models can run quickly.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = ROOT / "tests" / "data" / "golden"
+WORDS = "a an the cat dog runs jumps over red blue sky sea movie trailer tiny test prompt , . ! space man".split()
+CLIP_SPECIALS = ["<|startoftext|>", "<|endoftext|>", "<pad>", "<unk>"]
+T5_SPECIALS = ["<pad>", "</s>", "<unk>"]
+CLIP_WIDTH = 16      # pooled_projection_dim of the tiny DiTs
+T5_WIDTH = 32        # joint_attention_dim of the tiny DiTs
+
+
+def write_tiny_dit(models_dir: Path, name: str, family: str = "flux") -> Path:
+    target = Path(models_dir) / "diffusion_models" / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(GOLDEN / f"weights_{family}_tiny.safetensors", target)
+    return target
+
+
+def write_tiny_vae(models_dir: Path, name: str, folder: str = "vae") -> Path:
+    target = Path(models_dir) / folder / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    config = {k: v for k, v in json.loads((GOLDEN / "config_vae_tiny.json").read_text()).items()
+              if not k.startswith("_")}
+    tensors = load_file(str(GOLDEN / "weights_vae_tiny.safetensors"))
+    save_file(tensors, str(target), metadata={"config": json.dumps(config), "format": "pt"})
+    return target
+
+
+def write_tiny_lora(models_dir: Path, name: str, rank: int = 2, seed: int = 0) -> Path:
+    """A peft-style LoRA on every attention projection of the tiny miniFLUX."""
+    weights = load_file(str(GOLDEN / "weights_flux_tiny.safetensors"))
+    generator = torch.Generator().manual_seed(seed)
+    lora = {}
+    for key, value in weights.items():
+        if key.endswith((".attn.to_q.weight", ".attn.to_k.weight", ".attn.to_v.weight")):
+            module = "transformer." + key[: -len(".weight")]
+            out_features, in_features = value.shape
+            lora[f"{module}.lora_A.weight"] = torch.randn(rank, in_features, generator=generator) * 0.5
+            lora[f"{module}.lora_B.weight"] = torch.randn(out_features, rank, generator=generator) * 0.5
+    target = Path(models_dir) / "loras" / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    save_file(lora, str(target))
+    return target
+
+
+# --------------------------------------------------------------------------------------
+# text encoders
+# --------------------------------------------------------------------------------------
+
+def _word_tokenizer(specials: list[str], template: str, **special_tokens):
+    import tokenizers
+    import transformers
+
+    vocab = {token: i for i, token in enumerate(specials + WORDS)}
+    core = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token=special_tokens["unk_token"]))
+    core.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+    core.post_processor = tokenizers.processors.TemplateProcessing(
+        single=template, special_tokens=[(t, vocab[t]) for t in specials if t in template])
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=core, **special_tokens), vocab
+
+
+def tiny_clip(seed: int = 0):
+    import transformers
+
+    torch.manual_seed(seed)
+    tokenizer, vocab = _word_tokenizer(
+        CLIP_SPECIALS, "<|startoftext|> $A <|endoftext|>", bos_token="<|startoftext|>",
+        eos_token="<|endoftext|>", pad_token="<|endoftext|>", unk_token="<unk>", model_max_length=77)
+    config = transformers.CLIPTextConfig(
+        vocab_size=len(vocab), hidden_size=CLIP_WIDTH, intermediate_size=2 * CLIP_WIDTH, num_hidden_layers=1,
+        num_attention_heads=2, max_position_embeddings=77, projection_dim=CLIP_WIDTH,
+        bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+        pad_token_id=vocab["<|endoftext|>"], hidden_act="quick_gelu")
+    return tokenizer, transformers.CLIPTextModel(config).eval()
+
+
+def tiny_t5(seed: int = 1):
+    import transformers
+
+    torch.manual_seed(seed)
+    tokenizer, vocab = _word_tokenizer(
+        T5_SPECIALS, "$A </s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>", model_max_length=512)
+    config = transformers.T5Config(
+        vocab_size=len(vocab), d_model=T5_WIDTH, d_ff=48, d_kv=8, num_heads=2, num_layers=1,
+        feed_forward_proj="gated-gelu", relative_attention_num_buckets=32, pad_token_id=0, eos_token_id=1,
+        decoder_start_token_id=0)
+    return tokenizer, transformers.T5EncoderModel(config).eval()
+
+
+def write_tiny_text_encoders(models_dir: Path, name: str) -> Path:
+    """An official miniFLUX-layout text encoder folder in ``text_encoders/``."""
+    root = Path(models_dir) / "text_encoders" / name
+    for (tok_dir, enc_dir), (tokenizer, model) in ((("tokenizer", "text_encoder"), tiny_clip()),
+                                                   (("tokenizer_2", "text_encoder_2"), tiny_t5())):
+        tokenizer.save_pretrained(root / tok_dir)
+        model.save_pretrained(root / enc_dir)
+    return root
+
+
+# --------------------------------------------------------------------------------------
+# the server's model folders and the shipped workflows, shrunk
+# --------------------------------------------------------------------------------------
+
+WORKFLOWS = ROOT / "workflows" / "api"
+TINY_TEXT_ENCODERS = "pyramid-flow-tiny"
+WIDTH, HEIGHT, FRAMES = 128, 64, 9          # 2 latent frames: the first frame and one video unit
+MODEL_FILES = {                              # file names the workflows expect -> tiny stand-in
+    "diffusion_models": {"pyramid_flow_miniflux_384p.safetensors": "flux",
+                         "pyramid_flow_miniflux_768p.safetensors": "flux"},
+    "vae": {"pyramid_flow_causal_video_vae.safetensors": "vae"},
+}
+
+
+
+
+def write_stand_ins(models_dir: Path, input_dir: Path) -> None:
+    """Tiny checkpoints under every file name the workflows expect, plus their input media."""
+    for name, family in MODEL_FILES["diffusion_models"].items():
+        write_tiny_dit(models_dir, name, family)
+    for name in MODEL_FILES["vae"]:
+        write_tiny_vae(models_dir, name)
+    write_tiny_text_encoders(models_dir, TINY_TEXT_ENCODERS)
+    write_inputs(input_dir)
+
+
+def write_inputs(folder: Path) -> None:
+    """``example.png`` (image-to-video) and ``clip.mp4`` (continuation) for the workflows."""
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(0)
+    pixels = (torch.rand(HEIGHT * 2, WIDTH * 2, 3, generator=generator) * 255).to(torch.uint8).numpy()
+    Image.fromarray(pixels).save(folder / "example.png")
+    import av
+
+    with av.open(str(folder / "clip.mp4"), mode="w") as container:
+        stream = container.add_stream("libx264", rate=24)
+        stream.width, stream.height, stream.pix_fmt = WIDTH * 2, HEIGHT * 2, "yuv420p"
+        for index in range(20):
+            frame = (torch.rand(HEIGHT * 2, WIDTH * 2, 3, generator=generator) * 255).to(torch.uint8).numpy()
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def load_api_workflow(name: str) -> dict:
+    return json.loads((WORKFLOWS / f"{name}.json").read_text())
+
+
+def shrink(prompt: dict, seed: int = 7) -> dict:
+    """The workflow with the tiny text encoders, fp32 models, 128x64 px, 9 frames and 1-2 steps."""
+    prompt = copy.deepcopy(prompt)
+    for node_id, node in list(prompt.items()):
+        inputs, kind = node["inputs"], node["class_type"]
+        if kind == "DualCLIPLoader":
+            prompt[node_id] = {"class_type": "PyramidFlowTextEncoderLoader",
+                               "inputs": {"folder": TINY_TEXT_ENCODERS, "precision": "fp32"}}
+        elif kind == "PyramidFlowTextEncode" and "clip" in inputs:
+            inputs["text_encoder"] = inputs.pop("clip")
+        elif kind in ("PyramidFlowDiTLoader", "PyramidFlowVAELoader"):
+            inputs["precision"] = "fp32"
+        elif kind == "PyramidFlowEmptyLatent":
+            inputs.update(width=WIDTH, height=HEIGHT, length=FRAMES)
+        elif kind == "ImageScale":
+            inputs.update(width=WIDTH, height=HEIGHT)
+        elif kind == "ImageFromBatch":          # continuation: a 9-frame clip continued to 17 frames
+            inputs["length"] = FRAMES
+        elif kind == "PyramidFlowSampler":
+            inputs.update({k: 2 if k.startswith("first_frame") else 1 for k in inputs if "steps_stage" in k})
+            inputs["seed"] = seed
+        elif kind == "PyramidFlowStageSampler":
+            inputs.update(steps=2, seed=seed)
+        elif kind == "PyramidFlowUnitSampler":
+            inputs.update(steps_stage1=1, steps_stage2=1, steps_stage3=1, seed=seed)
+    if any(node["class_type"] == "ImageFromBatch" for node in prompt.values()):
+        for node in prompt.values():
+            if node["class_type"] == "PyramidFlowEmptyLatent":
+                node["inputs"]["length"] = 2 * FRAMES - 1
+    return prompt
+
+
+def video_length(prompt: dict) -> int:
+    return next(n["inputs"]["length"] for n in prompt.values() if n["class_type"] == "PyramidFlowEmptyLatent")

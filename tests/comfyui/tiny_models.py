@@ -1,0 +1,93 @@
+"""The real-ComfyUI test fixture with tiny checkpoints, and a ComfyUI CLIP of tiny weights.
+
+The checkpoint writers and the workflow shrinking live in ``scripts/tiny_checkpoints.py``
+(the demo uses them too). The core DualCLIPLoader always builds a full-size T5-XXL
+(4.7 B parameters) whatever the file holds, so no tiny file can go through it;
+``build_tiny_comfy_clip`` builds a ComfyUI ``CLIP`` object of the flux layout with tiny
+transformers instead (in-process tests).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tiny_checkpoints import (  # noqa: F401  (re-exported for the test modules)
+    CLIP_WIDTH, FRAMES, HEIGHT, MODEL_FILES, TINY_TEXT_ENCODERS, WIDTH, WORKFLOWS, load_api_workflow, shrink,
+    tiny_clip, tiny_t5, video_length, write_stand_ins, write_tiny_dit, write_tiny_lora, write_tiny_text_encoders,
+    write_tiny_vae,
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_comfyui(comfyui):
+    """The server with tiny checkpoints under the workflows' file names, and small input media."""
+    write_stand_ins(comfyui.models_dir, comfyui.input_dir)
+    return comfyui
+
+
+def build_tiny_comfy_clip():
+    """A ComfyUI ``CLIP`` of the flux layout (``clip_l`` + ``t5xxl``) with the tiny weights.
+
+    Needs ComfyUI importable (its folder on ``sys.path``). Returns ``(clip, (clip_pair, t5_pair))``
+    with the transformers models it was loaded from, to compare against.
+    """
+    import comfy.clip_model
+    import comfy.sd
+    import comfy.sd1_clip
+    import comfy.text_encoders.t5
+
+    clip_pair, t5_pair = tiny_clip(), tiny_t5()
+    clip_config = clip_pair[1].config.to_dict()
+    t5_config = dict(t5_pair[1].config.to_dict(), dense_act_fn="gelu_pytorch_tanh", is_gated_act=True, model_type="t5")
+
+    class TinyFluxClipModel(torch.nn.Module):
+        def __init__(self, device="cpu", dtype=None, model_options={}):
+            super().__init__()
+            self.clip_l = comfy.sd1_clip.SDClipModel(
+                device=device, dtype=dtype, textmodel_json_config=dict(clip_config), return_projected_pooled=False,
+                special_tokens={"start": 0, "end": 1, "pad": 1}, model_options=model_options)
+            self.t5xxl = comfy.sd1_clip.SDClipModel(
+                device=device, dtype=dtype, textmodel_json_config=dict(t5_config),
+                model_class=comfy.text_encoders.t5.T5, special_tokens={"end": 1, "pad": 0},
+                model_options=model_options)
+            self.dtypes = {dtype}
+
+        def set_clip_options(self, options):
+            self.clip_l.set_clip_options(options)
+            self.t5xxl.set_clip_options(options)
+
+        def reset_clip_options(self):
+            self.clip_l.reset_clip_options()
+            self.t5xxl.reset_clip_options()
+
+        def encode_token_weights(self, tokens):
+            t5_out, _ = self.t5xxl.encode_token_weights(tokens["t5xxl"])
+            _, pooled = self.clip_l.encode_token_weights(tokens["l"])
+            return t5_out, pooled
+
+    class TinyTokenizer:
+        def __init__(self, embedding_directory=None, tokenizer_data={}):
+            self.clip_l = type("Tok", (), {"tokenizer": clip_pair[0]})()
+            self.t5xxl = type("Tok", (), {"tokenizer": t5_pair[0]})()
+
+        def state_dict(self):
+            return {}
+
+    target = type("Target", (), {"params": {}, "clip": TinyFluxClipModel, "tokenizer": TinyTokenizer})()
+    clip = comfy.sd.CLIP(target, model_options={"dtype": torch.float32})
+    clip_state = {k if k.startswith("text_model.") else "text_model." + k: v
+                  for k, v in clip_pair[1].state_dict().items() if not k.endswith("position_ids")}
+    clip_state["text_projection.weight"] = torch.eye(CLIP_WIDTH)      # CLIP-L without projection
+    vocab = clip_state["text_model.embeddings.token_embedding.weight"]
+    table = clip.cond_stage_model.clip_l.transformer.get_input_embeddings().weight
+    clip_state["text_model.embeddings.token_embedding.weight"] = torch.cat(   # ComfyUI's CLIP has 49408 rows
+        [vocab, torch.zeros(table.shape[0] - vocab.shape[0], vocab.shape[1])])
+    missing, unexpected = clip.cond_stage_model.clip_l.transformer.load_state_dict(clip_state, strict=False)
+    assert not unexpected and not missing, (missing, unexpected)
+    t5_state = {k: v for k, v in t5_pair[1].state_dict().items() if k != "encoder.embed_tokens.weight"}
+    missing, unexpected = clip.cond_stage_model.t5xxl.transformer.load_state_dict(t5_state, strict=False)
+    assert not unexpected and not missing, (missing, unexpected)
+    return clip, (clip_pair, t5_pair)
+
+
