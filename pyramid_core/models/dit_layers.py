@@ -307,3 +307,26 @@ def init_dit_weights(model: nn.Module, conditioning: list[nn.Linear], outputs: l
     for module in zeroed:
         for param in module.parameters():
             nn.init.zeros_(param)
+
+
+class PyramidDiTMixin:
+    """What both pyramid DiTs share around their own layers (mixed in before ModelMixin).
+
+    Configs written by the official loader carry runtime switches (``use_flash_attn``,
+    gradient checkpointing) that are not architecture: they are dropped on load. Both models
+    name their conditioning and output layers alike, so one initialisation serves both.
+    """
+
+    @classmethod
+    def extract_init_dict(cls, config_dict, **kwargs):
+        return super().extract_init_dict(drop_runtime_keys(config_dict), **kwargs)
+
+    def init_weights(self) -> None:
+        """adaLN-Zero initialisation for training from scratch (see :func:`init_dit_weights`)."""
+        embed = self.time_text_embed
+        init_dit_weights(
+            self,
+            conditioning=[embed.timestep_embedder.linear_1, embed.timestep_embedder.linear_2,
+                          embed.text_embedder.linear_1, embed.text_embedder.linear_2, self.context_embedder],
+            outputs=[self.proj_out],
+        )

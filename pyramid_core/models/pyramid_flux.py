@@ -21,10 +21,9 @@ from .dit_layers import (
     AdaModulation,
     AttentionProjections,
     FeedForward,
+    PyramidDiTMixin,
     RUNTIME_CONFIG_KEYS,
     TimestepTextEmbedding,
-    drop_runtime_keys,
-    init_dit_weights,
     layer_norm,
     rope_angles,
     run_block,
@@ -102,7 +101,7 @@ class FluxSingleBlock(nn.Module):
         return x, c
 
 
-class PyramidFluxTransformer(ModelMixin, ConfigMixin):
+class PyramidFluxTransformer(PyramidDiTMixin, ModelMixin, ConfigMixin):
     """miniFLUX DiT for pyramidal flow matching.
 
     The defaults are the released 384p/768p model (what the official loader builds), so
@@ -171,17 +170,7 @@ class PyramidFluxTransformer(ModelMixin, ConfigMixin):
         self.proj_out = nn.Linear(dim, patch_size * patch_size * in_channels)
         self.gradient_checkpointing = False
 
-        embed = self.time_text_embed
-        init_dit_weights(
-            self,
-            conditioning=[embed.timestep_embedder.linear_1, embed.timestep_embedder.linear_2,
-                          embed.text_embedder.linear_1, embed.text_embedder.linear_2, self.context_embedder],
-            outputs=[self.proj_out],
-        )
-
-    @classmethod
-    def extract_init_dict(cls, config_dict, **kwargs):
-        return super().extract_init_dict(drop_runtime_keys(config_dict), **kwargs)
+        self.init_weights()
 
     def forward(
         self,

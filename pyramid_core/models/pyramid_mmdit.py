@@ -20,10 +20,9 @@ from .dit_layers import (
     AdaModulation,
     AttentionProjections,
     FeedForward,
+    PyramidDiTMixin,
     RUNTIME_CONFIG_KEYS,
     TimestepTextEmbedding,
-    drop_runtime_keys,
-    init_dit_weights,
     layer_norm,
     rope_angles,
     run_block,
@@ -162,7 +161,7 @@ class MMDiTBlock(nn.Module):
 # ----------------------------------------------------------------------------------------
 
 
-class PyramidDiffusionMMDiT(ModelMixin, ConfigMixin):
+class PyramidDiffusionMMDiT(PyramidDiTMixin, ModelMixin, ConfigMixin):
     """SD3 MMDiT for pyramidal flow matching.
 
     The defaults are the released model as the official loader builds it (including
@@ -246,17 +245,7 @@ class PyramidDiffusionMMDiT(ModelMixin, ConfigMixin):
         self.proj_out = nn.Linear(dim, patch_size * patch_size * in_channels)
         self.gradient_checkpointing = False
 
-        embed = self.time_text_embed
-        init_dit_weights(
-            self,
-            conditioning=[embed.timestep_embedder.linear_1, embed.timestep_embedder.linear_2,
-                          embed.text_embedder.linear_1, embed.text_embedder.linear_2, self.context_embedder],
-            outputs=[self.proj_out],
-        )
-
-    @classmethod
-    def extract_init_dict(cls, config_dict, **kwargs):
-        return super().extract_init_dict(drop_runtime_keys(config_dict), **kwargs)
+        self.init_weights()
 
     def forward(
         self,
