@@ -191,6 +191,10 @@ class ComfyUIServer:
         with self._request(path, timeout=timeout) as resp:
             return json.load(resp)
 
+    def get_bytes(self, path: str, timeout: float = 60.0) -> bytes:
+        with self._request(path, timeout=timeout) as resp:
+            return resp.read()
+
     def post_json(self, path: str, payload, timeout: float = 30.0):
         with self._request(path, json.dumps(payload).encode(), timeout=timeout) as resp:
             body = resp.read()
@@ -238,8 +242,7 @@ class ComfyUIServer:
     def view(self, filename: str, subfolder: str = "", folder_type: str = "output") -> bytes:
         """Download one output file through ``/view``."""
         query = urllib.parse.urlencode({"filename": filename, "subfolder": subfolder, "type": folder_type})
-        with self._request(f"/view?{query}", timeout=60) as resp:
-            return resp.read()
+        return self.get_bytes(f"/view?{query}")
 
 
 def output_files(entry: dict) -> list[dict]:

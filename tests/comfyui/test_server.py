@@ -109,3 +109,12 @@ def test_port_in_use_is_retried_and_server_always_stops(tmp_path, monkeypatch):
         busy.close()
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_template_browser_lists_the_pack_workflows(comfyui):
+    from support import REPO_ROOT
+
+    listed = comfyui.get_json("/workflow_templates").get("pyramid-flow", [])
+    assert sorted(listed) == sorted(p.stem for p in (REPO_ROOT / "workflows").glob("*.json"))
+    first = sorted(listed)[0]
+    assert b'"nodes"' in comfyui.get_bytes(f"/api/workflow_templates/pyramid-flow/{first}.json")
