@@ -19,34 +19,30 @@ from collections.abc import Sequence
 from .config import ConfigError, VAETrainConfig, load_config, parse_overrides
 
 
-def train_vae_main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="train-vae", description="Train the causal video VAE.")
-    parser.add_argument("--config", help="JSON, YAML or TOML file with VAETrainConfig keys")
+def _run_trainer(argv: Sequence[str] | None, prog: str, description: str, config_cls, train) -> int:
+    """Parse ``--config FILE [key=value ...]`` into ``config_cls``, run ``train``, print its summary."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", help=f"JSON, YAML or TOML file with {config_cls.__name__} keys")
     parser.add_argument("overrides", nargs="*", help="key=value pairs applied after the file (JSON values)")
     args = parser.parse_args(argv)
     try:
-        cfg = load_config(VAETrainConfig, args.config, parse_overrides(args.overrides))
+        cfg = load_config(config_cls, args.config, parse_overrides(args.overrides))
     except ConfigError as err:
         parser.error(str(err))
+    print(json.dumps(train(cfg)))
+    return 0
+
+
+def train_vae_main(argv: Sequence[str] | None = None) -> int:
     from .vae_trainer import train_vae
 
-    print(json.dumps(train_vae(cfg)))
-    return 0
+    return _run_trainer(argv, "train-vae", "Train the causal video VAE.", VAETrainConfig, train_vae)
 
 
 def train_dit_main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="train-dit", description="Train or fine-tune (LoRA) a pyramid DiT.")
-    parser.add_argument("--config", help="JSON, YAML or TOML file with DiTTrainConfig keys")
-    parser.add_argument("overrides", nargs="*", help="key=value pairs applied after the file (JSON values)")
-    args = parser.parse_args(argv)
     from .dit_trainer import DiTTrainConfig, train_dit
 
-    try:
-        cfg = load_config(DiTTrainConfig, args.config, parse_overrides(args.overrides))
-    except ConfigError as err:
-        parser.error(str(err))
-    print(json.dumps(train_dit(cfg)))
-    return 0
+    return _run_trainer(argv, "train-dit", "Train or fine-tune (LoRA) a pyramid DiT.", DiTTrainConfig, train_dit)
 
 
 def _buckets(text: str) -> list[tuple[int, int]]:
