@@ -82,10 +82,10 @@ def _start_unit(dit, target: torch.Tensor, history: Optional[PastVideo], seed: i
     if past is not None and (past.shape[0] != batch or tuple(past.shape[-2:]) != (height, width)):
         raise ValueError(f"the history is {tuple(past.shape)} but the video latent is {tuple(target.shape)}: "
                          "same batch and size needed")
-    stop = start + (variant.frame_per_unit if start else 1)
-    if stop > total:
+    if start >= total:
         raise ValueError(f"the video is complete: the empty latent has {total} latent frames and the history "
                          f"already {start}; make the Empty Latent longer to add units")
+    stop = plan_units(start, total, variant.frame_per_unit)[0].stop  # the library's unit layout
     generator = _generator(seed)
     noise = initial_noise(tuple(target.shape), num_stages, generator=generator)[:, :, start:stop]
     if history is not None and history.rng_state is not None:
