@@ -277,7 +277,10 @@ def store_linear_weights_as(model: torch.nn.Module, storage_dtype: torch.dtype) 
 
 def build_from_state_dict(kind: str, state_dict: dict[str, torch.Tensor], config: dict | None,
                           dtype: torch.dtype) -> torch.nn.Module:
-    """Build the ``kind`` model from ``config`` (or the tensor shapes) and load it strictly."""
+    """Build the ``kind`` model from ``config`` (or the tensor shapes) and load it strictly.
+
+    ``state_dict`` is cast to ``dtype`` in place: its tensors become the model's parameters.
+    """
     cls = model_class(kind)
     if config is None:
         config = config_from_state_dict(kind, {k: tuple(v.shape) for k, v in state_dict.items()})
@@ -294,7 +297,11 @@ def build_from_state_dict(kind: str, state_dict: dict[str, torch.Tensor], config
                     (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if names]
         raise ValueError(f"checkpoint does not match {cls.__name__} built from its config; "
                          + "; ".join(problems))
-    state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
+    # Cast entry by entry in the caller's dict, so each original tensor is freed as its copy is
+    # made: the weights never exist twice in full.
+    for name, tensor in state_dict.items():
+        if tensor.is_floating_point():
+            state_dict[name] = tensor.to(dtype)
     model.load_state_dict(state_dict, strict=True, assign=True)
     leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if leftover:
