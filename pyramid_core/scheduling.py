@@ -181,14 +181,12 @@ def stage_transition(
     *,
     generator: torch.Generator | None = None,
     noise: torch.Tensor | None = None,
-    match_reference_rng: bool = False,
 ) -> torch.Tensor:
     """Upsample a finished stage's latents x2 and re-noise them for the next stage.
 
     ``alpha * upsample(latents) + beta * block_noise`` in fp32, returned in the dtype of
     ``latents``. With ``noise`` given (e.g. recorded reference noise) nothing is drawn;
-    otherwise block noise comes from ``generator`` (see :func:`pyramid_core.noise.block_noise`
-    for ``match_reference_rng``).
+    otherwise block noise comes from ``generator`` (see :func:`pyramid_core.noise.block_noise`).
 
     Args:
         latents: ``(B, C, T, H, W)`` at the finished stage's resolution.
@@ -203,8 +201,7 @@ def stage_transition(
         raise ValueError(f"stage_transition expects latents (B, C, T, H, W), got shape {tuple(latents.shape)}")
     upsampled = upsample_nearest_2x(latents.to(torch.float32))                # (B, C, T, 2H, 2W)
     if noise is None:
-        noise = block_noise(upsampled.shape, gamma, generator=generator, device=latents.device,
-                            match_reference_rng=match_reference_rng)
+        noise = block_noise(upsampled.shape, gamma, generator=generator, device=latents.device)
     elif noise.shape != upsampled.shape:
         raise ValueError(f"injected block noise has shape {tuple(noise.shape)}, expected {tuple(upsampled.shape)}")
     renoised = alpha * upsampled + beta * noise.to(device=latents.device, dtype=torch.float32)

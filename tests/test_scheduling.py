@@ -11,8 +11,9 @@ import math
 import pytest
 import torch
 from golden_utils import golden, load_nested, load_tensor, section
+from reference_tolerances import FP32_EPS, TORCH_RANDN_ACROSS_CPUS, assert_block_noise_matches_reference
 
-from pyramid_core.noise import block_noise, initial_noise
+from pyramid_core.noise import block_noise, coarsen_noise
 from pyramid_core.scheduling import (
     PyramidFlowScheduler,
     compute_stage_tables,
@@ -99,9 +100,10 @@ def test_step_matches_golden():
     scheduler = _scheduler_from_golden()
     scheduler.set_timesteps(spec["num_inference_steps"], spec["stage_index"])
 
-    # The recorded inputs are reproducible from the recorded seed (sample first, then outputs).
+    # The recorded inputs are torch.randn of the recorded seed (to within its CPU kernel paths).
     generator = torch.Generator().manual_seed(spec["generator_seed"])
-    _exact(torch.randn(spec["sample_shape"], generator=generator), load_tensor("sched.step.sample_in"))
+    torch.testing.assert_close(torch.randn(spec["sample_shape"], generator=generator),
+                               load_tensor("sched.step.sample_in"), atol=TORCH_RANDN_ACROSS_CPUS, rtol=0)
 
     sample = load_tensor("sched.step.sample_in")
     for k, t in enumerate(scheduler.timesteps):
@@ -263,10 +265,14 @@ def _recorded_runs() -> list[str]:
 def test_denoising_chain_reproduces_golden_without_the_dit(name):
     """Replay a recorded text-to-video run with the recorded DiT outputs.
 
-    Initial noise from the recorded generator seed, our scheduler steps, and stage
-    transitions with block noise rebuilt from the recorded global seed
-    (``match_reference_rng``) must give every recorded DiT input, timestep, block noise and
-    the final latents. This is the sampler's arithmetic minus the DiT and the history.
+    Each unit starts from its recorded coarse noise; our scheduler steps and stage
+    transitions with the recorded block noise must then give every recorded DiT input,
+    timestep and the final latents bit for bit (elementwise IEEE arithmetic, the same on
+    every machine). This is the sampler's arithmetic minus the DiT and the history. On the
+    way, the noise is checked against ours: the recorded initial noise is ``torch.randn``
+    of the recorded generator seed (to within its CPU kernel paths), our coarse noise is its
+    downsample (to within fp32 rounding), and our block noise drawn from a generator seeded
+    like the reference's global RNG matches within its derived bound.
     """
     meta = golden()
     run = section(name)
@@ -274,11 +280,12 @@ def test_denoising_chain_reproduces_golden_without_the_dit(name):
     frame_per_unit = run["runner"]["effective"]["frame_per_unit"]
     scheduler = _scheduler_from_golden()
 
-    full_shape = meta["tensors"][f"{name}.initial_latents"]["shape"]
-    raw = initial_noise(full_shape, num_stages=1, generator=torch.Generator().manual_seed(run["generator_seed"]))
-    _exact(raw, load_tensor(f"{name}.initial_latents"))
-    noise = initial_noise(full_shape, scheduler.num_stages,
-                          generator=torch.Generator().manual_seed(run["generator_seed"]))
+    raw = load_tensor(f"{name}.initial_latents")
+    reference_draw = torch.randn(raw.shape, generator=torch.Generator().manual_seed(run["generator_seed"]))
+    torch.testing.assert_close(reference_draw, raw, atol=TORCH_RANDN_ACROSS_CPUS, rtol=0)
+    noise = coarsen_noise(raw, scheduler.num_stages)
+    # the reference's fp32 bilinear vs our float64 sums: 2 stages x 3 adds x 2^-24 x 4 max|x|
+    noise_tolerance = 24 * FP32_EPS * raw.abs().max().item()
 
     recorded_noise = load_nested(f"{name}.block_noise")
     block_generator = torch.Generator().manual_seed(run["global_seed_before_generate"])
@@ -288,7 +295,8 @@ def test_denoising_chain_reproduces_golden_without_the_dit(name):
     for unit in range(num_units):
         first = unit == 0
         frames = slice(0, 1) if first else slice(1 + (unit - 1) * frame_per_unit, 1 + unit * frame_per_unit)
-        latents = noise[:, :, frames]
+        latents = load_tensor(f"{name}.call{call}.in.current").chunk(2)[0]    # the unit's coarse noise
+        torch.testing.assert_close(noise[:, :, frames], latents, atol=noise_tolerance, rtol=0)
         steps = args["num_inference_steps"] if first else args["video_num_inference_steps"]
         scale = args["guidance_scale"] if first else args["video_guidance_scale"]
         for stage in range(scheduler.num_stages):
@@ -296,10 +304,10 @@ def test_denoising_chain_reproduces_golden_without_the_dit(name):
             if stage > 0:
                 alpha, beta = scheduler.renoise_coefficients(stage)
                 recorded = recorded_noise[block]
-                drawn = block_noise(recorded.shape, scheduler.gamma, generator=block_generator,
-                                    match_reference_rng=True)
-                _exact(drawn, recorded)
-                latents = stage_transition(latents, alpha, beta, scheduler.gamma, noise=drawn)
+                state = block_generator.get_state()
+                drawn = block_noise(recorded.shape, scheduler.gamma, generator=block_generator)
+                assert_block_noise_matches_reference(drawn, recorded, scheduler.gamma, state)
+                latents = stage_transition(latents, alpha, beta, scheduler.gamma, noise=recorded)
                 block += 1
             for t in scheduler.timesteps:
                 model_input = torch.cat([latents] * 2)                 # CFG batch [neg, pos]

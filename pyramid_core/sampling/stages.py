@@ -56,13 +56,11 @@ def generator_block_noise(
     gamma: float,
     generator: Optional[torch.Generator] = None,
     device: torch.device | str | None = None,
-    match_reference_rng: bool = False,
 ) -> BlockNoiseSource:
     """A :data:`BlockNoiseSource` drawing from ``generator`` (see :func:`pyramid_core.noise.block_noise`)."""
 
     def source(shape: tuple) -> torch.Tensor:
-        return draw_block_noise(shape, gamma, generator=generator, device=device,
-                                match_reference_rng=match_reference_rng)
+        return draw_block_noise(shape, gamma, generator=generator, device=device)
 
     return source
 
@@ -74,7 +72,6 @@ def enter_stage(
     *,
     noise: Optional[torch.Tensor] = None,
     generator: Optional[torch.Generator] = None,
-    match_reference_rng: bool = False,
 ) -> torch.Tensor:
     """Stage transition into ``stage_index`` (> 0): x2 nearest upsample + block-noise re-noise.
 
@@ -86,8 +83,7 @@ def enter_stage(
         ``(B, C, T, 2H, 2W)`` at the new stage's (gamma-corrected) start noise level.
     """
     alpha, beta = scheduler.renoise_coefficients(stage_index)
-    return stage_transition(latents, alpha, beta, scheduler.gamma, generator=generator, noise=noise,
-                            match_reference_rng=match_reference_rng)
+    return stage_transition(latents, alpha, beta, scheduler.gamma, generator=generator, noise=noise)
 
 
 def denoise_stage(

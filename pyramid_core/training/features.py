@@ -81,7 +81,8 @@ def extract_latents(vae, anno_file: str | Path, out_dir: str | Path, out_jsonl: 
             if key is None:
                 raise KeyError("row has no 'video' or 'image'")
             pixels = video_frames_for_latents(resolve(row[key], data_root), num_frames, fps, buckets, key == "image")
-            generator = torch.Generator(device).manual_seed(seed + i)  # per row: same latents on any rank count
+            # per row, on the CPU: the same latents on any rank count, device and machine
+            generator = torch.Generator().manual_seed(seed + i)
             with torch.no_grad():
                 posterior = vae.encode(pixels[None].to(device), chunk_size=chunk_size, tile_size=tile_size)
                 latents = posterior.sample(generator) if sample else posterior.mode()

@@ -2,8 +2,9 @@
 
 Driven by golden.json: every section with recorded DiT outputs (``<run>.call<i>.out``) and
 final latents is replayed with our pipelines, the tiny golden DiT and VAE, the recorded
-stand-in text embeddings and the recorded noise injected (initial noise rebuilt from the
-recorded generator seed, block noise and VAE posterior noise from the recorded tensors).
+stand-in text embeddings and the reference's noise injected (recorded initial noise, or
+``torch.randn`` of the recorded seed where it was not recorded; block noise and VAE
+posterior noise from the recorded tensors).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from sampling_helpers import RecordingDiT, ReplayNoise
 
 from pyramid_core.latents import decode_from_latents
 from pyramid_core.models.text_encoders import PromptEmbeddings
-from pyramid_core.noise import initial_noise
+from pyramid_core.noise import coarsen_noise
 from pyramid_core.sampling import TextConditioning, encode_frames, image_to_pixels, image_to_video, text_to_video
 from pyramid_core.scheduling import PyramidFlowScheduler
 from pyramid_core.sizes import pixel_frames
@@ -120,10 +121,9 @@ def test_text_to_video_reproduces_the_reference(name, golden_models):
     run, args = section(name), section(name)["call_args"]
     scheduler = _scheduler(run)
     full_shape = tuple(golden()["tensors"][f"{name}.initial_latents"]["shape"])
-    seed = run["generator_seed"]
-    raw = initial_noise(full_shape, 1, generator=torch.Generator().manual_seed(seed))
-    assert torch.equal(raw, load_tensor(f"{name}.initial_latents"))
-    noise = initial_noise(full_shape, scheduler.num_stages, generator=torch.Generator().manual_seed(seed))
+    raw = load_tensor(f"{name}.initial_latents")
+    assert tuple(raw.shape) == full_shape
+    noise = coarsen_noise(raw, scheduler.num_stages)
     dit = RecordingDiT(golden_models(_model_key(run)))
     blocks = ReplayNoise(load_nested(f"{name}.block_noise"))
 
@@ -153,10 +153,11 @@ def test_image_to_video_reproduces_the_reference(name, golden_models):
     image = image_to_pixels(load_tensor(f"{name}.input_image_uint8"))   # (1, 3, H, W)
     temp = args["temp"]
     latent_hw = (image.shape[-2] // 8, image.shape[-1] // 8)
-    # The reference draws the noise of all `temp` frames and denoises unit k from frame k-1
-    # (recorded under rng.initial_latents); ours takes the new frames' own slices, so inject.
-    full = initial_noise((1, 16, temp, *latent_hw), scheduler.num_stages,
-                         generator=torch.Generator().manual_seed(run["generator_seed"]))
+    # The reference draws the noise of all `temp` frames with torch.randn (not recorded for
+    # this run: rebuilt here, to within torch's CPU kernel paths, far below ATOL) and
+    # denoises unit k from frame k-1; ours takes the new frames' own slices, so inject.
+    raw = torch.randn((1, 16, temp, *latent_hw), generator=torch.Generator().manual_seed(run["generator_seed"]))
+    full = coarsen_noise(raw, scheduler.num_stages)
     dit = RecordingDiT(golden_models(_model_key(run)))
     blocks = ReplayNoise(load_nested(f"{name}.block_noise"))
     vae = golden_models(_vae_key())

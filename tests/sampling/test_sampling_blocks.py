@@ -6,6 +6,7 @@ import pytest
 import torch
 from sampling_helpers import FakeDiT, RecordNoise, ReplayNoise, random_text
 
+import pyramid_core.noise as noise_module
 from pyramid_core.noise import initial_noise
 from pyramid_core.sampling import (
     HistoryConfig,
@@ -44,6 +45,20 @@ def test_same_seed_same_video_bit_exact(golden_models):
     assert a.shape == (1, 16, 3, 8, 16) and a.dtype == torch.float32
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
+
+
+def test_no_lapack_on_the_path_of_a_video(golden_models, monkeypatch):
+    """The block-noise factor is a closed form: with every LAPACK factorisation made to raise
+    (on some CPUs MKL cannot factor the singular covariance at all), a video still comes out."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("LAPACK was called")
+
+    for name in ("cholesky", "cholesky_ex", "eigh", "eigvalsh", "svd", "qr", "lu_factor", "solve"):
+        monkeypatch.setattr(torch.linalg, name, refuse)
+    monkeypatch.setattr(torch, "cholesky", refuse)
+    noise_module._cholesky_float64.cache_clear()
+    video = _t2v(golden_models("flux_tiny"), frames=17, seed=5)
+    assert video.shape == (1, 16, 3, 8, 16) and torch.isfinite(video).all()
 
 
 # --------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import torch
 
 import pyramid_core.models as models
 from golden_utils import golden, has_tensor, load_config, load_nested, load_tensor, load_weights, section
+from reference_tolerances import TORCH_RANDN_ACROSS_CPUS
 from pyramid_core.latents import normalize_latents
 from pyramid_core.scheduling import PyramidFlowScheduler
 from pyramid_core.training.dit_objective import (PyramidObjective, TextBatch, build_training_batch,
@@ -97,8 +98,9 @@ def test_inputs_and_targets_match_the_reference(name):
             assert _max_err(clip, want) <= ATOL
     assert _max_err(batch.timesteps, load_tensor(name + ".in.timestep_ratio")) <= 1e-3  # 0..1000 scale
     assert batch.timesteps.tolist() == pytest.approx(sec["timestep_ratio"], abs=1e-3)
+    # Dropped rows hold the recipe's torch.randn null text, whose bits depend on the CPU.
     for key, got in zip(("encoder_hidden_states", "encoder_attention_mask", "pooled_projections"), batch.text):
-        assert _max_err(got, load_tensor(f"{name}.in.{key}")) == 0
+        assert _max_err(got, load_tensor(f"{name}.in.{key}")) <= TORCH_RANDN_ACROSS_CPUS
     for got, want in zip(batch.targets, load_nested(name + ".targets"), strict=True):
         assert got.shape == want.shape
         assert _max_err(got, want) <= ATOL

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import torch
 
+from ...rng import standard_normal
+
 
 class DiagonalGaussian:
     """Gaussian posterior from encoder moments (B, 2C, T, H, W): mean and log-variance halves.
 
     ``logvar`` is clamped to [-30, 20] as in the reference. ``sample`` draws its noise
-    from the caller's generator only (the reference drew from the global RNG in its
-    pipelines), so a seeded generator gives the same latents on every run and device.
+    from the caller's generator (the reference drew from the global RNG in its pipelines)
+    with :func:`pyramid_core.rng.standard_normal`, so a seeded generator gives the same
+    noise on every run and machine. Without a generator (training) it is a plain
+    ``torch.randn`` from the global RNG on the latents' device, which is faster.
     """
 
     def __init__(self, moments: torch.Tensor) -> None:
@@ -20,10 +24,12 @@ class DiagonalGaussian:
         self.var = torch.exp(self.logvar)
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        """mean + std * eps. The noise is drawn on the generator's device, then moved."""
-        device = generator.device if generator is not None else self.mean.device
-        eps = torch.randn(self.mean.shape, generator=generator, device=device, dtype=self.mean.dtype)
-        return self.mean + self.std * eps.to(self.mean.device)
+        """mean + std * eps, ``eps`` from ``generator`` (portable) or the global RNG (fast)."""
+        if generator is None:
+            eps = torch.randn(self.mean.shape, device=self.mean.device, dtype=self.mean.dtype)
+        else:
+            eps = standard_normal(self.mean.shape, generator, device=self.mean.device, dtype=self.mean.dtype)
+        return self.mean + self.std * eps
 
     def mode(self) -> torch.Tensor:
         return self.mean
