@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -47,13 +48,23 @@ def tiny_config(shapes, out: Path, **overrides) -> dict:
             "disc_start": 10_000, "log_every": 1, "save_every": 1000, **overrides}
 
 
-def test_tiny_vae_learns_moving_shapes_and_exports_a_loadable_folder(shapes, tmp_path):
-    cfg = config_from_dict(VAETrainConfig, tiny_config(shapes, tmp_path, max_steps=160, log_every=20, ema_decay=0.9))
+def test_tiny_vae_learns_moving_shapes_and_exports_a_loadable_folder(tmp_path):
+    """The tiny VAE first sits on a plateau (a blur of each clip's mean colour), then learns
+    the shapes. When it leaves the plateau is chaotic: any rounding difference (another CPU,
+    kernel path or thread count) moves it. At 16x16 px (a 2x2 latent) it left at step 100 on
+    one kernel path and not within 160 on another; at 32x32 px (4x4) it leaves by step 40-120
+    over seeds and kernel paths, so 240 steps leave a margin of 120, and the median of the
+    last 4 of 12 windows ignores a single loss spike. Measured: 0.45-0.55 of the first window."""
+    root = tmp_path / "shapes32"
+    anno = make_moving_shapes(root, num_videos=8, num_images=8, width=32, height=32, num_frames=9, fps=8)
+    cfg = config_from_dict(VAETrainConfig, tiny_config(
+        (root, anno), tmp_path / "run", width=32, height=32, max_steps=240, log_every=20, ema_decay=0.9))
     result = train_vae(cfg)
-    rows = read_metrics(tmp_path / "metrics.csv")
-    print(f"VAE loss {result['first_loss']:.4f} -> {result['last_loss']:.4f} over {result['step']} steps")
-    assert len(rows) == 8 and {r["frames"] for r in rows} != {9.0}  # image and video batches mixed
-    assert result["last_loss"] < 0.75 * result["first_loss"]
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    losses = [r["loss"] for r in rows]
+    print("VAE loss per 20 steps:", " ".join(f"{v:.3f}" for v in losses))
+    assert len(rows) == 12 and {r["frames"] for r in rows} != {9.0}  # image and video batches mixed
+    assert statistics.median(losses[-4:]) < 0.75 * losses[0]
     vae = load_vae(result["export"], dtype="fp32")
     assert vae.config.encoder_block_out_channels == [8, 8, 16, 16]
     assert vae.decode(vae.encode(torch.zeros(1, 3, 9, 16, 16)).mode()).shape == (1, 3, 9, 16, 16)
