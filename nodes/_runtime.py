@@ -19,6 +19,7 @@ import comfy.utils
 import folder_paths
 from comfy_api.latest import io
 
+from ..pyramid_core.sizes import check_latents_fit
 from ..pyramid_core.variants import Variant
 
 # Socket types of the pack. Each carries one of the handles below, so a wire can only join
@@ -153,6 +154,13 @@ def resolve_model_path(folder_names: tuple[str, ...], name: str) -> str:
     raise ValueError(f"{name!r} is not in models/{'/'.join(folder_names)}: put it there and refresh the page")
 
 
+def check_latents_fit_in_memory(shape: tuple[int, ...], bytes_per_value: int = 4, what: str = "the latents") -> None:
+    """Refuse latents of ``shape`` that ComfyUI's intermediate device (where LATENTs live) cannot hold."""
+    device = comfy.model_management.intermediate_device()
+    check_latents_fit(shape, comfy.model_management.get_free_memory(device), f"the {device.type.upper()} memory",
+                      bytes_per_value, what)
+
+
 # --------------------------------------------------------------------------------------
 # progress, preview, interrupt
 # --------------------------------------------------------------------------------------
@@ -184,6 +192,20 @@ def _previews_enabled() -> bool:
     from comfy.cli_args import LatentPreviewMethod, args
 
     return args.preview_method != LatentPreviewMethod.NoPreviews
+
+
+def piece_callback():
+    """The ``progress`` of ``CausalVideoVAE.encode``/``decode`` in a node: after every temporal
+    chunk of every tile, stop if the user pressed Cancel, and advance the node's progress bar."""
+    state = {}
+
+    def report(done: int, total: int) -> None:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        if "bar" not in state:
+            state["bar"] = comfy.utils.ProgressBar(total)
+        state["bar"].update_absolute(done, total)
+
+    return report
 
 
 def step_callback(total_steps: int):

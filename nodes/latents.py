@@ -6,7 +6,8 @@ import torch
 import comfy.model_management
 from comfy_api.latest import io
 
-from ..pyramid_core.sizes import FRAMES_PER_SECOND, frames_for_seconds, latent_shape, pixel_multiple
+from ..pyramid_core.sizes import FRAMES_PER_SECOND, MAX_SIDE, frames_for_seconds, latent_shape, pixel_multiple
+from ._runtime import check_latents_fit_in_memory
 
 CATEGORY = "PyramidFlow/latent"
 
@@ -21,9 +22,9 @@ class PyramidFlowEmptyLatent(io.ComfyNode):
             category=CATEGORY,
             description="An all-zero video latent of the size the pyramid sampler will generate.",
             inputs=[
-                io.Int.Input("width", default=640, min=multiple, max=8192, step=multiple,
+                io.Int.Input("width", default=640, min=multiple, max=MAX_SIDE, step=multiple,
                              tooltip=f"Video width in pixels; a multiple of {multiple} so that every pyramid stage can halve it. 640 for 384p models, 1280 for 768p."),
-                io.Int.Input("height", default=384, min=multiple, max=8192, step=multiple,
+                io.Int.Input("height", default=384, min=multiple, max=MAX_SIDE, step=multiple,
                              tooltip=f"Video height in pixels; a multiple of {multiple}. 384 for 384p models, 768 for 768p."),
                 io.Int.Input("length", default=121, min=1, max=8193, step=8,
                              tooltip=f"Frames, 1 + 8k (the causal VAE keeps the first frame alone and packs 8 frames per latent frame). 121 frames = 5 s at {FRAMES_PER_SECOND} fps."),
@@ -37,7 +38,8 @@ class PyramidFlowEmptyLatent(io.ComfyNode):
 
     @classmethod
     def execute(cls, width: int, height: int, length: int, seconds: float, batch_size: int) -> io.NodeOutput:
-        frames = frames_for_seconds(seconds) if seconds > 0 else length
+        frames = length if seconds == 0 else frames_for_seconds(seconds)   # NaN and negatives are refused there
         shape = latent_shape(width, height, frames, batch_size)
+        check_latents_fit_in_memory(shape)
         samples = torch.zeros(shape, device=comfy.model_management.intermediate_device())
         return io.NodeOutput({"samples": samples})

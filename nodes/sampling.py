@@ -39,7 +39,8 @@ from ..pyramid_core.sampling import (
 from ..pyramid_core.scheduling import PyramidFlowScheduler
 from ..pyramid_core.sizes import check_video_size
 from ..pyramid_core.variants import VAE_SPATIAL_FACTOR, Variant
-from ._runtime import ConditioningType, DiTType, HistoryType, execution_device, model_on_device, step_callback
+from ._runtime import (ConditioningType, DiTType, HistoryType, check_latents_fit_in_memory, execution_device,
+                       model_on_device, step_callback)
 from .history import RNG_KEY, PastVideo
 
 CATEGORY = "PyramidFlow/sampling"
@@ -69,6 +70,14 @@ def _video_latent(latent: dict) -> torch.Tensor:
         raise ValueError(f"expected a video latent (B, 16, T, h, w), got shape {tuple(samples.shape)}: "
                          "use the Pyramid Flow Empty Latent")
     check_video_size(samples.shape[-1] * VAE_SPATIAL_FACTOR, samples.shape[-2] * VAE_SPATIAL_FACTOR)
+    return samples
+
+
+def _target_latent(latent: dict) -> torch.Tensor:
+    """The Empty Latent of the video to generate, after checking that its noise and result fit:
+    fp32 result + fp32 noise of the whole video + its float64 copy while shrinking it."""
+    samples = _video_latent(latent)
+    check_latents_fit_in_memory(tuple(samples.shape), 4 + 4 + 8, "the latents and noise")
     return samples
 
 
@@ -159,7 +168,7 @@ class PyramidFlowStageSampler(io.ComfyNode):
         variant: Variant = dit.variant
         state = latent.get(STATE_KEY)
         if state is None:                                   # first stage of a new unit
-            unit = _start_unit(dit, _video_latent(latent), history, seed)
+            unit = _start_unit(dit, _target_latent(latent), history, seed)
             stage, samples = 0, unit.pop("noise")
             state = dict(variant=variant.name, start=unit["start"], past=unit["past"], clips=unit["clips"])
             rng = unit["generator"].get_state()
@@ -248,7 +257,7 @@ class PyramidFlowUnitSampler(io.ComfyNode):
                 guidance_scale: float, seed: int, history: Optional[PastVideo] = None) -> io.NodeOutput:
         variant: Variant = dit.variant
         settings = UnitSettings.create((steps_stage1, steps_stage2, steps_stage3), guidance_scale, variant.num_stages)
-        unit = _start_unit(dit, _video_latent(latent), history, seed)
+        unit = _start_unit(dit, _target_latent(latent), history, seed)
         callback = step_callback(settings.total_steps)
         scheduler = PyramidFlowScheduler.from_variant(variant)
         device = execution_device(dit)
@@ -296,7 +305,7 @@ class PyramidFlowSampler(io.ComfyNode):
                 video_steps_stage3: int, guidance_scale: float, video_guidance_scale: float, seed: int,
                 history_recent_units: int, history_max_frames: int, start: Optional[dict] = None) -> io.NodeOutput:
         variant: Variant = dit.variant
-        target = _video_latent(latent)
+        target = _target_latent(latent)
         settings = SamplingSettings.create(
             variant.num_stages,
             (first_frame_steps_stage1, first_frame_steps_stage2, first_frame_steps_stage3),

@@ -15,7 +15,7 @@ from comfy_api.latest import io
 from ..pyramid_core.sampling import image_to_pixels
 from ..pyramid_core.sizes import latent_frames
 from ..pyramid_core.variants import VAE_SPATIAL_FACTOR
-from ._runtime import VAEType, model_on_device, execution_device
+from ._runtime import VAEType, execution_device, model_on_device, piece_callback
 
 CATEGORY = "PyramidFlow/vae"
 
@@ -48,17 +48,25 @@ class PyramidFlowVAEEncode(io.ComfyNode):
                              tooltip="Seed of the posterior sample; unused with the mean."),
                 io.Int.Input("tile_size", default=0, min=0, max=4096, step=64,
                              tooltip="Encode in overlapping tiles of this many pixels to save memory; 0 = whole frames."),
+                io.Int.Input("chunk_size", default=8, min=0, max=1024, step=8, optional=True,
+                             tooltip="Encode the clip this many frames at a time (a multiple of 8) after its first "
+                                     "9, to save memory and to stop soon on Cancel; 0 = all frames at once. "
+                                     "The latents agree to float rounding."),
             ],
             outputs=[io.Latent.Output()],
         )
 
     @classmethod
-    def execute(cls, vae, images: torch.Tensor, sample_posterior: bool, seed: int, tile_size: int) -> io.NodeOutput:
+    def execute(cls, vae, images: torch.Tensor, sample_posterior: bool, seed: int, tile_size: int,
+                chunk_size: int = 8) -> io.NodeOutput:
         _check_frames(images)
+        if chunk_size % 8:
+            raise ValueError(f"chunk_size={chunk_size}: use a multiple of 8 frames (or 0 for all at once)")
         pixels = image_to_pixels(images).transpose(0, 1)[None]                   # (1, 3, F, H, W) in [-1, 1]
         with model_on_device(vae) as model:
             dtype = next(model.parameters()).dtype
-            posterior = model.encode(pixels.to(execution_device(vae), dtype), tile_size=tile_size or None)
+            posterior = model.encode(pixels.to(execution_device(vae), dtype), chunk_size=chunk_size or None,
+                                     tile_size=tile_size or None, progress=piece_callback())
             generator = torch.Generator("cpu").manual_seed(seed)
             latents = posterior.sample(generator) if sample_posterior else posterior.mode()
         samples = latents.to(comfy.model_management.intermediate_device(), torch.float32)
@@ -95,6 +103,6 @@ class PyramidFlowVAEDecode(io.ComfyNode):
         with model_on_device(vae) as model:
             dtype = next(model.parameters()).dtype
             pixels = model.decode(latents.to(execution_device(vae), dtype), chunk_size=chunk_size or None,
-                                  tile_size=tile_size or None)                   # (B, 3, F, H, W)
+                                  tile_size=tile_size or None, progress=piece_callback())  # (B, 3, F, H, W)
         frames = ((pixels.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 4, 1).flatten(0, 1)  # (B*F, H, W, 3)
         return io.NodeOutput(frames.to(comfy.model_management.intermediate_device()))

@@ -27,7 +27,8 @@ import torch
 from .latents import decode_from_latents
 from .sampling import HistoryConfig, continue_video, encode_text, image_to_video, image_to_pixels, text_to_video
 from .sampling.settings import SamplingSettings
-from .sizes import VAE_TEMPORAL_FACTOR, check_video_size, frames_for_seconds, latent_frames
+from .sizes import (VAE_TEMPORAL_FACTOR, check_latents_fit, check_video_size, frames_for_seconds, free_host_memory,
+                    latent_frames, latent_shape)
 from .variants import DEFAULT_NEGATIVE_PROMPT, PROMPT_SUFFIX, VARIANTS, get_variant
 from .video_io import frames_to_pixels, frames_to_uint8, read_image, read_video, write_video
 
@@ -62,6 +63,9 @@ def _per_stage_float(text: str) -> list[float] | float:
 def _resolve_paths(args) -> tuple[Path, Path, Path, Optional[str]]:
     """(DiT, VAE, text encoder folder, variant name or None) from the arguments."""
     model_dir = Path(args.model_dir) if args.model_dir else None
+    if model_dir is not None and not model_dir.is_dir():
+        raise FileNotFoundError(f"--model-dir {model_dir}: no such folder (the official checkpoint folder, "
+                                "e.g. pyramid-flow-miniflux as downloaded)")
     variant = args.variant
     dit = Path(args.dit) if args.dit else None
     if dit is None:
@@ -70,7 +74,8 @@ def _resolve_paths(args) -> tuple[Path, Path, Path, Optional[str]]:
         names = [variant] if variant else list(DIT_FOLDERS)
         found = [(n, model_dir / DIT_FOLDERS[n]) for n in names if (model_dir / DIT_FOLDERS[n]).is_dir()]
         if not found:
-            raise ValueError(f"{model_dir} has none of {sorted({DIT_FOLDERS[n] for n in names})}/")
+            wanted = ", ".join(f"{name}/" for name in sorted({DIT_FOLDERS[n] for n in names}))
+            raise ValueError(f"--model-dir {model_dir} holds none of {wanted}: is it the official checkpoint folder?")
         variant_guess, dit = found[0]
         variant = variant or (variant_guess if "384p" in dit.name else None)
     vae = Path(args.vae) if args.vae else (model_dir / VAE_FOLDER if model_dir else None)
@@ -138,14 +143,35 @@ def _trim_to_vae_length(frames: torch.Tensor) -> torch.Tensor:
 # generate
 # --------------------------------------------------------------------------------------
 
+def _check_device(device: str) -> None:
+    """A clear sentence for a device this torch cannot use (instead of a traceback at load)."""
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise ValueError(f"--device {device}: not a torch device (use cpu, cuda, cuda:1, mps, ...)") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        build = f"torch {torch.__version__}" + ("" if torch.version.cuda else ", a CPU-only build")
+        raise ValueError(f"--device {device}: no CUDA GPU is usable here ({build}); use --device cpu, or install "
+                         "a CUDA build of torch")
+    if kind == "cuda" and (torch.device(device).index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device}: Apple's MPS is not available here; use --device cpu")
+
+
 def _check_args(args) -> int:
     """Everything that can be checked before a model loads; returns the pixel frame count."""
+    _check_device(args.device)
     num_frames = _num_frames(args)
     latent_frames(num_frames)
     if args.width is not None or args.height is not None:
         if args.width is None or args.height is None:
             raise ValueError("give both --width and --height, or neither")
         check_video_size(args.width, args.height)
+        free = free_host_memory()
+        if free is not None:   # the noise of the whole video is drawn in host memory (fp32 + float64 copy)
+            check_latents_fit(latent_shape(args.width, args.height, num_frames), free, "host memory", 4 + 4 + 8,
+                              "the latents and noise")
     SamplingSettings.create(3, args.steps, args.video_steps, args.guidance, args.video_guidance)
     for name in ("image", "video"):
         path = getattr(args, name)
@@ -245,7 +271,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         path = generate(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, MemoryError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(path)

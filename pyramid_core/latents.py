@@ -76,11 +76,14 @@ def decode_from_latents(
     variant: Variant | str,
     chunk_size: int | None = 1,
     tile_size: int | None = None,
+    progress=None,
 ) -> torch.Tensor:
     """Normalised latents (B, 16, 1 + k, h, w) -> pixels (B, 3, 1 + 8k, 8h, 8w) in about [-1, 1].
 
     Defaults decode one latent frame per chunk (the reference's memory-saving setting);
-    ``tile_size`` (pixels, a multiple of 8) turns spatial tiling on. ``latents`` is left unchanged.
+    ``tile_size`` (pixels, a multiple of 8) turns spatial tiling on; ``progress`` is
+    ``CausalVideoVAE.decode``'s. ``latents`` is left unchanged.
     """
     with torch.no_grad():
-        return vae.decode(denormalize_latents(latents, variant), chunk_size=chunk_size, tile_size=tile_size)
+        return vae.decode(denormalize_latents(latents, variant), chunk_size=chunk_size, tile_size=tile_size,
+                          progress=progress)

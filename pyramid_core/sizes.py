@@ -9,10 +9,16 @@ multiples of ``8 * 2**2 * 2 = 64`` pixels.
 
 from __future__ import annotations
 
+import math
+import os
+
 from .variants import LATENT_CHANNELS, VAE_SPATIAL_FACTOR, VAE_TEMPORAL_FACTOR
 
 PATCH_SIZE = 2
 FRAMES_PER_SECOND = 24
+# The largest side accepted (the released models are trained at 640x384 and 1280x768 and the
+# image model at 1024x1024; 8192 px is already 40x their pixel count).
+MAX_SIDE = 8192
 
 
 def pixel_multiple(num_stages: int = 3) -> int:
@@ -24,6 +30,11 @@ def check_video_size(width: int, height: int, num_stages: int = 3) -> None:
     """Raise ``ValueError`` unless every pyramid stage can halve ``width x height``."""
     multiple = pixel_multiple(num_stages)
     for name, value in (("width", width), ("height", height)):
+        if value > MAX_SIDE:
+            raise ValueError(
+                f"{name}={value} px is above the largest size accepted ({MAX_SIDE} px); the released models "
+                "generate 640x384 (384p) and 1280x768 (768p)"
+            )
         if value < multiple or value % multiple:
             lower = max(multiple, value // multiple * multiple)
             raise ValueError(
@@ -44,9 +55,11 @@ def latent_frames(num_frames: int) -> int:
 
 
 def frames_for_seconds(seconds: float) -> int:
-    """Pixel frames (``1 + 8k``, at 24 fps) for a clip of about ``seconds``; at least 1."""
+    """Pixel frames (``1 + 8k``, at 24 fps) for a clip of about ``seconds`` (>= 0); at least 1."""
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"seconds={seconds}: give a length of 0 seconds or more (0 is a single frame)")
     units = round(seconds * FRAMES_PER_SECOND / VAE_TEMPORAL_FACTOR)
-    return 1 + VAE_TEMPORAL_FACTOR * max(units, 0)
+    return 1 + VAE_TEMPORAL_FACTOR * units
 
 
 def pixel_frames(num_latent_frames: int) -> int:
@@ -66,3 +79,38 @@ def latent_shape(width: int, height: int, num_frames: int, batch_size: int = 1) 
         height // VAE_SPATIAL_FACTOR,
         width // VAE_SPATIAL_FACTOR,
     )
+
+
+def check_latents_fit(shape: tuple[int, ...], free_bytes: int, where: str = "this device",
+                      bytes_per_value: int = 4, what: str = "the latents") -> None:
+    """Raise ``MemoryError`` with what fits when latents of ``shape`` (B, C, T, H, W) need more than ``free_bytes``.
+
+    ``bytes_per_value`` counts every copy a caller keeps per latent value (4 for one fp32
+    tensor; ``what`` names them). A check before allocating, so that the user reads what to
+    change instead of the allocator's message, and nothing heavy has run yet.
+    """
+    needed = math.prod(shape) * bytes_per_value
+    if needed <= free_bytes:
+        return
+    batch, channels, frames, height, width = shape
+    per_latent_frame = batch * channels * height * width * bytes_per_value
+    size = f"{width * VAE_SPATIAL_FACTOR}x{height * VAE_SPATIAL_FACTOR}"
+    fitting = free_bytes // per_latent_frame
+    if fitting >= 1:
+        advice = f"at {size} at most {pixel_frames(int(min(fitting, frames)))} frames fit; use fewer frames"
+    else:
+        advice = f"not even one frame at {size} fits; lower the width and height"
+    if batch > 1:
+        advice += f" or a batch below {batch}"
+    raise MemoryError(
+        f"{what} of a {size} video of {pixel_frames(frames)} frames (latent shape {tuple(shape)}) need "
+        f"{needed / 2**30:.1f} GiB, but {where} has {free_bytes / 2**30:.1f} GiB free: {advice}"
+    )
+
+
+def free_host_memory() -> int | None:
+    """Bytes of RAM available now, or None where the OS does not say (POSIX sysconf)."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None

@@ -50,7 +50,7 @@ class _StubVAE:
         b, _, t, h, w = pixels.shape
         return DiagonalGaussian(torch.ones(b, 32, 1 + (t - 1) // 8, h // 8, w // 8))
 
-    def decode(self, latents, chunk_size=None, tile_size=None):
+    def decode(self, latents, chunk_size=None, tile_size=None, progress=None):
         self.calls.append(("decode", chunk_size, tile_size, latents.clone()))
         return latents
 

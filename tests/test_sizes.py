@@ -2,8 +2,8 @@
 
 import pytest
 
-from pyramid_core.sizes import (check_video_size, frames_for_seconds, latent_frames, latent_shape,
-                                pixel_frames, pixel_multiple)
+from pyramid_core.sizes import (MAX_SIDE, check_latents_fit, check_video_size, frames_for_seconds, latent_frames,
+                                latent_shape, pixel_frames, pixel_multiple)
 
 
 def test_pixel_multiple_follows_the_stage_count():
@@ -63,3 +63,28 @@ def test_detect_variant_rejects_unknown_families():
 
     with pytest.raises(ValueError, match="unknown DiT family"):
         detect_variant("unet", "x")
+
+
+@pytest.mark.parametrize("seconds", [float("nan"), -1.0, float("inf")])
+def test_seconds_that_are_no_length_are_refused(seconds):
+    with pytest.raises(ValueError, match="seconds"):
+        frames_for_seconds(seconds)
+
+
+def test_absurd_sizes_are_refused_with_the_released_sizes():
+    with pytest.raises(ValueError, match=r"width=99968 px is above the largest size accepted \(8192 px\).*640x384"):
+        check_video_size(99968, 384)
+    check_video_size(MAX_SIDE, MAX_SIDE)
+
+
+def test_latents_that_do_not_fit_say_what_does():
+    shape = latent_shape(8192, 8192, 8193)
+    needed = 16 * 1025 * 1024 * 1024 * 4                                   # 68.7 GB of fp32
+    check_latents_fit(shape, needed)                                        # exactly enough
+    with pytest.raises(MemoryError, match=r"8192x8192 video of 8193 frames .* need 64\.1 GiB.* 20\.0 GiB free: "
+                                          r"at 8192x8192 at most 2553 frames fit"):    # 20 GiB / 64 MiB per latent frame
+        check_latents_fit(shape, 20 * 2**30, "the CPU memory")
+    with pytest.raises(MemoryError, match="not even one frame at 8192x8192 fits; lower the width and height"):
+        check_latents_fit(shape, 2**20)
+    with pytest.raises(MemoryError, match="or a batch below 4"):
+        check_latents_fit(latent_shape(640, 384, 121, batch_size=4), 2**20 * 4)

@@ -71,6 +71,46 @@ def test_cancel_stops_sampling_within_a_step_and_the_next_prompt_runs(tiny_comfy
     assert entry["status"]["status_str"] == "success"
 
 
+def test_cancel_stops_a_vae_decode_within_a_chunk(tiny_comfyui):
+    """41 latent frames at 256x256 take the tiny VAE about a second each on a 2-core CPU; Cancel
+    three seconds in must end the prompt within the chunk being decoded, not at the end."""
+    prompt = {
+        "1": {"class_type": "PyramidFlowVAELoader",
+              "inputs": {"vae_name": "pyramid_flow_causal_video_vae.safetensors", "precision": "fp32"}},
+        "2": {"class_type": "PyramidFlowEmptyLatent", "inputs": {
+            "width": 256, "height": 256, "length": 321, "seconds": 0.0, "batch_size": 1}},
+        "3": {"class_type": "PyramidFlowVAEDecode",
+              "inputs": {"vae": ["1", 0], "samples": ["2", 0], "chunk_size": 1, "tile_size": 0}},
+        "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}},
+    }
+    prompt_id = tiny_comfyui.submit(prompt)
+    deadline = time.monotonic() + 60
+    while not tiny_comfyui.get_json("/queue")["queue_running"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(3.0)
+    tiny_comfyui.interrupt()
+    interrupted_at = time.monotonic()
+    entry = tiny_comfyui.wait(prompt_id, timeout=300)
+    assert time.monotonic() - interrupted_at < 10.0, "decoding went on after Cancel"
+    assert any(m[0] == "execution_interrupted" for m in entry["status"]["messages"])
+
+
+def test_sizes_whose_latents_cannot_fit_say_what_fits(tiny_comfyui):
+    prompt = {"1": {"class_type": "PyramidFlowEmptyLatent", "inputs": {
+                  "width": 8192, "height": 8192, "length": 8193, "seconds": 0.0, "batch_size": 64}},
+              "2": {"class_type": "SaveLatent", "inputs": {"samples": ["1", 0], "filename_prefix": "latents/big"}}}
+    message = _error(tiny_comfyui.wait(tiny_comfyui.submit(prompt), timeout=60))
+    assert "GiB" in message and "GiB free" in message and "or a batch below 64" in message, message
+
+
+def test_a_length_in_seconds_that_is_no_number_is_refused(tiny_comfyui):
+    prompt = {"1": {"class_type": "PyramidFlowEmptyLatent", "inputs": {
+                  "width": 128, "height": 64, "length": 9, "seconds": float("nan"), "batch_size": 1}},
+              "2": {"class_type": "SaveLatent", "inputs": {"samples": ["1", 0], "filename_prefix": "latents/nan"}}}
+    message = _error(tiny_comfyui.wait(tiny_comfyui.submit(prompt), timeout=60))
+    assert "seconds=nan" in message, message
+
+
 def test_size_not_a_multiple_of_64_is_refused_clearly(tiny_comfyui):
     prompt = shrink(load_api_workflow("pyramid_flow_i2v_384p"))
     prompt["7"]["inputs"].update(width=96, height=64)            # the start image: 96 px wide

@@ -158,3 +158,36 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     assert vae.encoder.gradient_checkpointing and vae.decoder.gradient_checkpointing
     for a, b in zip(plain, grads()):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method, shape, kwargs, pieces", [
+    ("decode", (1, 16, 4, 8, 8), dict(chunk_size=1, tile_size=32), 9 * 3),      # 3x3 tiles x chunks 2+1+1
+    ("decode", (1, 16, 4, 8, 8), dict(chunk_size=2), 2),                        # chunks of 3 and 1
+    ("decode", (1, 16, 4, 8, 8), {}, 1),
+    ("encode", (1, 3, 17, 64, 64), dict(chunk_size=8, tile_size=32), 9 * 2),    # 3x3 tiles x 2 chunks
+    ("encode", (1, 3, 17, 64, 64), dict(tile_size=32), 9),
+])
+def test_progress_counts_every_piece_and_can_stop_after_one(method, shape, kwargs, pieces):
+    vae = tiny_vae()
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    reports = []
+    with torch.no_grad():
+        getattr(vae, method)(x, progress=lambda done, total: reports.append((done, total)), **kwargs)
+    assert reports == [(k, pieces) for k in range(1, pieces + 1)]
+
+    class Stop(Exception):
+        pass
+
+    def stop(done, total):                      # what a node does when the user presses Cancel
+        raise Stop
+
+    passes = []
+    pass_name = "_decode_pass" if method == "decode" else "_encode_pass"
+    original = getattr(vae, pass_name)
+    setattr(vae, pass_name, lambda *a: passes.append(1) or original(*a))
+    try:
+        with torch.no_grad(), pytest.raises(Stop):
+            getattr(vae, method)(x, progress=stop, **kwargs)
+    finally:
+        delattr(vae, pass_name)
+    assert len(passes) == 1                     # stopped within the first piece

@@ -100,6 +100,33 @@ def test_cli_reports_bad_input_before_loading_models(tmp_path, capsys):
     assert not (tmp_path / "x.mp4").exists()
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--seconds", "nan"], "seconds=nan: give a length of 0 seconds or more"),
+    (["--seconds", "-3"], "seconds=-3.0: give a length of 0 seconds or more"),
+    (["--width", "99968", "--height", "64"], "width=99968 px is above the largest size accepted (8192 px)"),
+    (["--width", "8192", "--height", "8192", "--frames", "8193"], "GiB free: at 8192x8192 at most"),
+])
+def test_cli_refuses_lengths_and_sizes_that_make_no_video(tmp_path, capsys, monkeypatch, extra, message):
+    monkeypatch.setattr("pyramid_core.cli.free_host_memory", lambda: 16 * 2**30)   # any machine: 16 GiB free
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    assert main(["generate", "t2v", "--model-dir", str(folder), "--prompt", "x", "--device", "cpu", *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_says_what_is_wrong_with_the_model_folder_and_device(tmp_path, capsys):
+    assert main(["generate", "t2v", "--model-dir", str(tmp_path / "nope"), "--prompt", "x", "--device", "cpu"]) == 2
+    assert f"--model-dir {tmp_path / 'nope'}: no such folder" in capsys.readouterr().err
+    assert main(["generate", "t2v", "--model-dir", str(tmp_path), "--prompt", "x", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "holds none of diffusion_transformer_384p/, diffusion_transformer_768p/" in err and "}/" not in err
+    if not torch.cuda.is_available():
+        assert main(["generate", "t2v", "--model-dir", str(tmp_path), "--prompt", "x", "--device", "cuda"]) == 2
+        assert "--device cuda: no CUDA GPU is usable here" in capsys.readouterr().err
+    assert main(["generate", "t2v", "--model-dir", str(tmp_path), "--prompt", "x", "--device", "gpu0"]) == 2
+    assert "--device gpu0: not a torch device" in capsys.readouterr().err
+
+
 def test_module_entry_point(monkeypatch, capsys):
     import runpy
 

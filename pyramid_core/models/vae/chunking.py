@@ -24,12 +24,18 @@ def temporal_chunks(num_frames: int, chunk_size: int) -> list[slice]:
 
 
 def run_chunked(
-    network: Callable[[torch.Tensor, CausalCache], torch.Tensor], x: torch.Tensor, chunk_size: int
+    network: Callable[[torch.Tensor, CausalCache], torch.Tensor], x: torch.Tensor, chunk_size: int,
+    after_chunk: Callable[[], None] | None = None,
 ) -> torch.Tensor:
-    """Apply ``network(chunk, cache)`` to consecutive chunks of x (B, C, T, H, W) along T, concatenated."""
+    """Apply ``network(chunk, cache)`` to consecutive chunks of x (B, C, T, H, W) along T, concatenated.
+
+    ``after_chunk`` is called after every chunk (progress; raising in it stops the work there).
+    """
     cache = CausalCache()
     outputs = []
     for frames in temporal_chunks(x.shape[2], chunk_size):
         outputs.append(network(x[:, :, frames], cache))
         cache.first_chunk = False
+        if after_chunk is not None:
+            after_chunk()
     return torch.cat(outputs, dim=2)

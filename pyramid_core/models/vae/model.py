@@ -11,20 +11,38 @@ arguments of :meth:`encode` / :meth:`decode`, not module state.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
 from .causal_conv3d import CausalCache, CausalConv3d
-from .chunking import run_chunked
+from .chunking import run_chunked, temporal_chunks
 from .decoder import CausalVaeDecoder
 from .encoder import CausalVaeEncoder
 from .posterior import DiagonalGaussian
 from .tiling import TilePlan, run_tiled
 
 _BLOCK_TYPES = {"encoder": "DownEncoderBlockCausal3D", "decoder": "UpDecoderBlockCausal3D"}
+
+# Called with (pieces done, pieces in all) after every temporal chunk of every tile; an
+# exception raised in it (e.g. the user pressed Cancel) stops the work within one piece.
+ProgressFn = Callable[[int, int], None]
+
+
+def _ticker(progress: ProgressFn | None, total: int) -> Callable[[], None] | None:
+    """A no-argument function reporting one more finished piece to ``progress``."""
+    if progress is None:
+        return None
+    done = 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        progress(done, total)
+
+    return tick
 
 
 class CausalVideoVAE(ModelMixin, ConfigMixin):
@@ -120,7 +138,8 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
     # ------------------------------------------------------------------ encode
 
     def encode(
-        self, video: torch.Tensor, chunk_size: int | None = None, tile_size: int | None = None
+        self, video: torch.Tensor, chunk_size: int | None = None, tile_size: int | None = None,
+        progress: ProgressFn | None = None,
     ) -> DiagonalGaussian:
         """Posterior over latents for pixels in [-1, 1].
 
@@ -132,6 +151,7 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
             tile_size: encode in overlapping square tiles of this many pixels (a multiple
                 of 8) when the frame is larger; None disables tiling. Tiles are blended, so
                 the result differs a little from untiled encoding.
+            progress: see :data:`ProgressFn`; pieces are tiles x temporal chunks.
         Returns:
             DiagonalGaussian with mean/logvar/std of shape (B, 16, 1 + k, H/8, W/8).
         """
@@ -143,18 +163,14 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
         if chunk_size is not None and (chunk_size < 1 or chunk_size % self.temporal_factor):
             raise ValueError(f"encode chunk_size must be a positive multiple of {self.temporal_factor} frames, got {chunk_size}")
         video = video.to(self.dtype)
-        encode_tile = lambda tile: self._encode_moments(tile, chunk_size)  # noqa: E731
-        if self._needs_tiles(tile_size, video.shape[-2:], self.spatial_factor):
-            plan = TilePlan.from_pixels(tile_size, self.spatial_factor)
+        plan = self._tile_plan(tile_size, video.shape[-2:], self.spatial_factor)
+        tick = _ticker(progress, self._pieces(plan, video.shape, self.spatial_factor, chunk_size))
+        encode_tile = lambda tile: self._run_pieces(self._encode_pass, tile, chunk_size, tick)  # noqa: E731
+        if plan is not None:
             moments = run_tiled(encode_tile, video, plan, in_scale=self.spatial_factor, out_scale=1)
         else:
             moments = encode_tile(video)
         return DiagonalGaussian(moments)
-
-    def _encode_moments(self, video: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
-        if chunk_size is None:
-            return self._encode_pass(video, None)
-        return run_chunked(self._encode_pass, video, chunk_size)
 
     def _encode_pass(self, video: torch.Tensor, cache: CausalCache | None) -> torch.Tensor:
         return self.quant_conv(self.encoder(video, cache), cache)    # (B, 2*C_lat, T', h, w)
@@ -162,7 +178,8 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
     # ------------------------------------------------------------------ decode
 
     def decode(
-        self, latents: torch.Tensor, chunk_size: int | None = None, tile_size: int | None = None
+        self, latents: torch.Tensor, chunk_size: int | None = None, tile_size: int | None = None,
+        progress: ProgressFn | None = None,
     ) -> torch.Tensor:
         """Pixels in about [-1, 1] from (un-normalised) latents; never modifies ``latents``.
 
@@ -173,6 +190,7 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
                 else 2); None decodes all frames at once. Results agree to float rounding.
             tile_size: decode in overlapping square tiles of this many output pixels (a
                 multiple of 8) when the frame is larger; None disables tiling.
+            progress: see :data:`ProgressFn`; pieces are tiles x temporal chunks.
         Returns:
             (B, 3, 1 + 8k, 8h, 8w).
         """
@@ -181,19 +199,25 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"decode chunk_size must be at least 1 latent frame, got {chunk_size}")
         latents = latents.to(self.dtype)
-        decode_tile = lambda tile: self._decode_pixels(tile, chunk_size)  # noqa: E731
-        if self._needs_tiles(tile_size, latents.shape[-2:], 1):
-            plan = TilePlan.from_pixels(tile_size, self.spatial_factor)
+        plan = self._tile_plan(tile_size, latents.shape[-2:], 1)
+        tick = _ticker(progress, self._pieces(plan, latents.shape, 1, chunk_size))
+        decode_tile = lambda tile: self._run_pieces(self._decode_pass, tile, chunk_size, tick)  # noqa: E731
+        if plan is not None:
             return run_tiled(decode_tile, latents, plan, in_scale=1, out_scale=self.spatial_factor)
         return decode_tile(latents)
 
-    def _decode_pixels(self, latents: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
-        if chunk_size is None:
-            return self._decode_pass(latents, None)
-        return run_chunked(self._decode_pass, latents, chunk_size)
-
     def _decode_pass(self, latents: torch.Tensor, cache: CausalCache | None) -> torch.Tensor:
         return self.decoder(self.post_quant_conv(latents, cache), cache)
+
+    @staticmethod
+    def _run_pieces(network, x: torch.Tensor, chunk_size: int | None, tick) -> torch.Tensor:
+        """``network`` over x whole, or in temporal chunks; ``tick`` after every piece."""
+        if chunk_size is not None:
+            return run_chunked(network, x, chunk_size, after_chunk=tick)
+        out = network(x, None)
+        if tick is not None:
+            tick()
+        return out
 
     # ------------------------------------------------------------------ training
 
@@ -207,11 +231,20 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
 
     # ------------------------------------------------------------------ checks
 
-    def _needs_tiles(self, tile_size: int | None, size: Sequence[int], unit: int) -> bool:
+    def _tile_plan(self, tile_size: int | None, size: Sequence[int], unit: int) -> TilePlan | None:
+        """The tiling of an input of (H, W) ``size``, ``unit`` input pixels per latent pixel; None: no tiles."""
         if tile_size is None:
-            return False
-        TilePlan.from_pixels(tile_size, self.spatial_factor)  # validates before any work
-        return max(size) * self.spatial_factor // unit > tile_size
+            return None
+        plan = TilePlan.from_pixels(tile_size, self.spatial_factor)  # validates before any work
+        return plan if max(size) * self.spatial_factor // unit > tile_size else None
+
+    def _pieces(self, plan: TilePlan | None, shape: Sequence[int], unit: int, chunk_size: int | None) -> int:
+        """Tiles x temporal chunks that encode/decode of an input of ``shape`` will run."""
+        tiles = 1
+        if plan is not None:
+            height, width = (s // unit for s in shape[-2:])                          # latent pixels
+            tiles = len(plan.starts(height)) * len(plan.starts(width))
+        return tiles * (len(temporal_chunks(shape[2], chunk_size)) if chunk_size is not None else 1)
 
     def _check_pixel_size(self, frames: int, height: int, width: int) -> None:
         s, t = self.spatial_factor, self.temporal_factor
