@@ -174,36 +174,69 @@ def load_api_workflow(name: str) -> dict:
     return json.loads((WORKFLOWS / f"{name}.json").read_text())
 
 
-def shrink(prompt: dict, seed: int = 7) -> dict:
-    """The workflow with the tiny text encoders, fp32 models, 128x64 px, 9 frames and 1-2 steps."""
-    prompt = copy.deepcopy(prompt)
-    for node_id, node in list(prompt.items()):
+def load_ui_workflow(name: str) -> dict:
+    return json.loads((WORKFLOWS.parent / f"{name}.json").read_text())
+
+
+def _stand_in_edits(prompt: dict, seed: int) -> dict[str, tuple[str | None, dict]]:
+    """``{node id: (new class_type or None, {input: value})}``: what makes a shipped workflow run
+    on the stand-ins, quickly: the tiny text encoders, fp32 models, 128x64 px, 9 frames (a
+    continuation: a 9-frame clip continued to 17), 1-2 steps. Read from the API-format twin;
+    applied to it by :func:`shrink` and to the UI-format file by :func:`shrink_ui`."""
+    continuation = any(node["class_type"] == "ImageFromBatch" for node in prompt.values())
+    edits: dict[str, tuple[str | None, dict]] = {}
+    for node_id, node in prompt.items():
         inputs, kind = node["inputs"], node["class_type"]
-        if kind == "DualCLIPLoader":
-            prompt[node_id] = {"class_type": "PyramidFlowTextEncoderLoader",
-                               "inputs": {"folder": TINY_TEXT_ENCODERS, "precision": "fp32"}}
-        elif kind == "PyramidFlowTextEncode" and "clip" in inputs:
-            inputs["text_encoder"] = inputs.pop("clip")
+        if kind == "DualCLIPLoader":     # t5xxl + clip_l cannot be tiny: the official-folder loader instead
+            edits[node_id] = ("PyramidFlowTextEncoderLoader", {"folder": TINY_TEXT_ENCODERS, "precision": "fp32"})
         elif kind in ("PyramidFlowDiTLoader", "PyramidFlowVAELoader"):
-            inputs["precision"] = "fp32"
+            edits[node_id] = (None, {"precision": "fp32"})
         elif kind == "PyramidFlowEmptyLatent":
-            inputs.update(width=WIDTH, height=HEIGHT, length=FRAMES)
+            edits[node_id] = (None, dict(width=WIDTH, height=HEIGHT, length=2 * FRAMES - 1 if continuation else FRAMES))
         elif kind == "ImageScale":
-            inputs.update(width=WIDTH, height=HEIGHT)
-        elif kind == "ImageFromBatch":          # continuation: a 9-frame clip continued to 17 frames
-            inputs["length"] = FRAMES
+            edits[node_id] = (None, dict(width=WIDTH, height=HEIGHT))
+        elif kind == "ImageFromBatch":
+            edits[node_id] = (None, {"length": FRAMES})
         elif kind == "PyramidFlowSampler":
-            inputs.update({k: 2 if k.startswith("first_frame") else 1 for k in inputs if "steps_stage" in k})
-            inputs["seed"] = seed
+            steps = {k: 2 if k.startswith("first_frame") else 1 for k in inputs if "steps_stage" in k}
+            edits[node_id] = (None, {**steps, "seed": seed})
         elif kind == "PyramidFlowStageSampler":
-            inputs.update(steps=2, seed=seed)
+            edits[node_id] = (None, dict(steps=2, seed=seed))
         elif kind == "PyramidFlowUnitSampler":
-            inputs.update(steps_stage1=1, steps_stage2=1, steps_stage3=1, seed=seed)
-    if any(node["class_type"] == "ImageFromBatch" for node in prompt.values()):
-        for node in prompt.values():
-            if node["class_type"] == "PyramidFlowEmptyLatent":
-                node["inputs"]["length"] = 2 * FRAMES - 1
+            edits[node_id] = (None, dict(steps_stage1=1, steps_stage2=1, steps_stage3=1, seed=seed))
+    return edits
+
+
+def shrink(prompt: dict, seed: int = 7) -> dict:
+    """The API-format workflow with the tiny text encoders, fp32 models, 128x64 px, 9 frames and 1-2 steps."""
+    prompt = copy.deepcopy(prompt)
+    for node_id, (kind, values) in _stand_in_edits(prompt, seed).items():
+        if kind is not None:
+            prompt[node_id] = {"class_type": kind, "inputs": dict(values)}
+        else:
+            prompt[node_id]["inputs"].update(values)
+    for node in prompt.values():            # text encode: clip -> text_encoder (the loader's output)
+        inputs = node["inputs"]
+        if node["class_type"] == "PyramidFlowTextEncode" and "clip" in inputs:
+            inputs["text_encoder"] = inputs.pop("clip")
     return prompt
+
+
+def shrink_ui(name: str, object_info: dict, seed: int = 7) -> dict:
+    """:func:`shrink` for the UI-format file of the shipped workflow ``name`` (what the page opens).
+
+    ``object_info`` is the server's ``/object_info`` (input order, and which widgets carry a
+    control value). The UI file and its API twin share node ids, so the edits read from the
+    twin apply to both; what the page queues from the result is ``shrink`` of the twin.
+    """
+    from ui_workflows import replace_node, set_widget_values
+
+    workflow = load_ui_workflow(name)
+    for node_id, (kind, values) in _stand_in_edits(load_api_workflow(name), seed).items():
+        if kind is not None:
+            replace_node(workflow, int(node_id), kind, object_info, retarget={"CLIP": "text_encoder"})
+        set_widget_values(workflow, int(node_id), values, object_info)
+    return workflow
 
 
 def video_length(prompt: dict) -> int:

@@ -48,6 +48,15 @@ def comfyui(artifacts_dir):
         (artifacts_dir / "comfyui_server.log").write_text(log)
 
 
+@pytest.fixture(scope="session")
+def tiny_comfyui(comfyui):
+    """The server with tiny checkpoints under the workflows' file names, and small input media."""
+    from tiny_checkpoints import write_stand_ins
+
+    write_stand_ins(comfyui.models_dir, comfyui.input_dir)
+    return comfyui
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """Attach the ComfyUI log tail to every failing test that used the server."""

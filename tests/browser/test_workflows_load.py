@@ -2,7 +2,10 @@
 
 The page is the frontend that the pinned ComfyUI serves (``comfyui-frontend-package``), in
 Debian's headless Chromium driven by Playwright (no browser download). Each workflow leaves
-a screenshot in ``tests/_artifacts/`` for a person to look at.
+a screenshot in ``tests/_artifacts/`` for a person to look at. Also: the shipped workflows
+open fitted to a small window, their stand-in versions (what ``serve`` offers without real
+models) queue what the demo runs, and a video queued from the page carries its workflow back
+into the page when it is dropped on it.
 """
 
 from __future__ import annotations
@@ -10,12 +13,16 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import time
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import urlencode, urlparse
 
 import pytest
 
+from comfyui_harness import output_files
 from support import REPO_ROOT, require
+from tiny_checkpoints import load_api_workflow, shrink, shrink_ui
+from ui_workflows import MARGINS, TITLE_HEIGHT, VIEWPORT, fit_view
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -24,8 +31,8 @@ CHROMIUM_ARGS = [
 ]
 # UI-format graphs: the pack's workflows (the API twins live in workflows/api/) and the
 # core-only graphs kept in tests/ so that the test runs before any workflow exists.
-UI_WORKFLOWS = sorted((REPO_ROOT / "workflows").glob("*.json")) + sorted(
-    (REPO_ROOT / "tests" / "data" / "workflows").glob("*.json"))
+SHIPPED = sorted((REPO_ROOT / "workflows").glob("*.json"))
+UI_WORKFLOWS = SHIPPED + sorted((REPO_ROOT / "tests" / "data" / "workflows").glob("*.json"))
 
 INSPECT_JS = """async (wf) => {
     const reg = window.LiteGraph.registered_node_types;
@@ -71,7 +78,8 @@ INSPECT_JS = """async (wf) => {
 
 
 @pytest.fixture(scope="module")
-def page(comfyui, artifacts_dir):
+def page(tiny_comfyui, artifacts_dir):
+    comfyui = tiny_comfyui
     require(Path(CHROMIUM).is_file(), f"browser tests need Debian's chromium at {CHROMIUM}: "
                                        "bash scripts/comfyui_env.sh browser")
     try:
@@ -114,13 +122,11 @@ def test_there_is_something_to_load():
     assert UI_WORKFLOWS, "no UI-format workflow found"
 
 
-@pytest.mark.parametrize("path", UI_WORKFLOWS, ids=lambda p: p.name)
-def test_workflow_loads_in_the_page(page, path, artifacts_dir):
-    workflow = json.loads(path.read_text())
-    assert isinstance(workflow.get("nodes"), list), f"{path.name} is not a UI-format workflow"
+def _check_loaded(page, workflow: dict, shot: Path, api_twin: dict | None) -> None:
+    """Load ``workflow`` in the page and fail on anything the page or its queue would reject."""
     result = page.evaluate(INSPECT_JS, workflow)
     page.wait_for_timeout(500)  # let the canvas draw before the screenshot
-    page.screenshot(path=str(artifacts_dir / f"workflow-{path.stem}.png"))
+    page.screenshot(path=str(shot))
 
     invalid = page.get_by_text("Invalid workflow", exact=False)
     assert invalid.count() == 0, f"the page rejected the file's schema: {invalid.first.inner_text()[:1500]}"
@@ -133,12 +139,105 @@ def test_workflow_loads_in_the_page(page, path, artifacts_dir):
                       and n["type"] not in ("Note", "MarkdownNote", "Reroute", "PrimitiveNode"))
     api = result["apiPrompt"]
     assert sorted(node["class_type"] for node in api.values()) == expected
-    twin = REPO_ROOT / "workflows" / "api" / path.name
-    if path.parent == REPO_ROOT / "workflows":
-        assert twin.is_file(), f"{path.name} has no API-format twin in workflows/api/"
+    if api_twin is not None:
         # What the page would queue is exactly the API twin (same nodes, values and links).
         assert {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in api.items()} == \
-            {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in json.loads(twin.read_text()).items()}
+            {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in api_twin.items()}
+    assert not page.page_errors, f"page errors: {page.page_errors}"
+
+
+@pytest.mark.parametrize("path", UI_WORKFLOWS, ids=lambda p: p.name)
+def test_workflow_loads_in_the_page(page, path, artifacts_dir):
+    workflow = json.loads(path.read_text())
+    assert isinstance(workflow.get("nodes"), list), f"{path.name} is not a UI-format workflow"
+    twin = REPO_ROOT / "workflows" / "api" / path.name
+    if path in SHIPPED:
+        assert twin.is_file(), f"{path.name} has no API-format twin in workflows/api/"
+    _check_loaded(page, workflow, artifacts_dir / f"workflow-{path.stem}.png",
+                  json.loads(twin.read_text()) if path in SHIPPED else None)
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_stand_in_versions_queue_what_the_demo_runs(page, tiny_comfyui, path, artifacts_dir):
+    """``serve`` without real models offers these: the tiny text encoders instead of the core
+    DualCLIPLoader (which always builds a full-size T5-XXL), small sizes and few steps."""
+    workflow = shrink_ui(path.stem, tiny_comfyui.object_info())
+    _check_loaded(page, workflow, artifacts_dir / f"stand-in-{path.stem}.png", shrink(load_api_workflow(path.stem)))
+
+
+FIT_JS = """() => {
+    const ds = app.canvas.ds, out = [];
+    for (const node of app.graph.nodes) {
+        const [x, y] = node.pos, [w, h] = node.size;
+        out.push({id: node.id, box: [(x + ds.offset[0]) * ds.scale, (y - %d + ds.offset[1]) * ds.scale,
+                                     (x + w + ds.offset[0]) * ds.scale, (y + h + ds.offset[1]) * ds.scale]});
+    }
+    return {scale: ds.scale, nodes: out};
+}""" % TITLE_HEIGHT
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_workflows_open_with_the_whole_graph_in_view(page, path, artifacts_dir):
+    """In a 1280x720 window every node lies inside the canvas, clear of the page's bars and
+    the minimap (the margins), at the view stored in the file (``scripts/ui_workflows.py``)."""
+    workflow = json.loads(path.read_text())
+    assert workflow["extra"]["ds"] == fit_view(workflow), \
+        f"{path.name}: run python scripts/ui_workflows.py {path.relative_to(REPO_ROOT)}"
+    page.set_viewport_size({"width": VIEWPORT[0], "height": VIEWPORT[1]})
+    try:
+        page.evaluate("async (wf) => { await app.loadGraphData(wf); }", workflow)
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(artifacts_dir / f"fitted-{path.stem}.png"))
+        view = page.evaluate(FIT_JS)
+    finally:
+        page.set_viewport_size({"width": 1400, "height": 900})
+    assert view["scale"] == pytest.approx(workflow["extra"]["ds"]["scale"])
+    left, top, right, bottom = MARGINS
+    outside = [n for n in view["nodes"] if n["box"][0] < left - 1 or n["box"][1] < top - 1
+               or n["box"][2] > VIEWPORT[0] - right + 1 or n["box"][3] > VIEWPORT[1] - bottom + 1]
+    assert not outside, f"nodes outside the view: {outside}"
+
+
+QUEUE_JS = """async (wf) => {
+    await app.loadGraphData(wf);
+    const before = app.graph.serialize();
+    await app.queuePrompt(0, 1);
+    return before;
+}"""
+
+DROP_JS = """async ({url, name}) => {
+    const blob = await (await fetch(url)).blob();
+    const file = new File([blob], name, {type: 'video/mp4'});
+    await app.loadGraphData({nodes: [], links: [], groups: [], version: 0.4, last_node_id: 0, last_link_id: 0});
+    const transfer = new DataTransfer();
+    transfer.items.add(file);
+    document.dispatchEvent(new DragEvent('drop', {dataTransfer: transfer, bubbles: true, cancelable: true}));
+    for (let i = 0; i < 200 && app.graph.nodes.length === 0; i++) await new Promise(r => setTimeout(r, 50));
+    return app.graph.serialize();
+}"""
+
+
+def _graph_essentials(graph: dict) -> dict:
+    nodes = {n["id"]: (n["type"], n.get("widgets_values"), n.get("mode", 0)) for n in graph["nodes"]}
+    return {"nodes": nodes, "links": sorted(tuple(link[:6]) for link in graph["links"])}
+
+
+def test_a_video_queued_from_the_page_brings_its_workflow_back_when_dropped(page, tiny_comfyui):
+    """Share a workflow as a file: queue it from the page, then drop the mp4 it saved onto the
+    page (its own file drop): the same graph with the same widget values comes back."""
+    workflow = shrink_ui("pyramid_flow_t2v_384p", tiny_comfyui.object_info(), seed=31)
+    known = set(tiny_comfyui.get_json("/history"))
+    before = page.evaluate(QUEUE_JS, workflow)
+    deadline = time.monotonic() + 240
+    while not (new := set(tiny_comfyui.get_json("/history")) - known) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert new, "the queued prompt did not finish"
+    entry = tiny_comfyui.wait(new.pop(), timeout=240)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    video = next(f for f in output_files(entry) if f["filename"].endswith(".mp4"))
+    url = "/view?" + urlencode({"filename": video["filename"], "subfolder": video["subfolder"], "type": "output"})
+    restored = page.evaluate(DROP_JS, {"url": url, "name": video["filename"]})
+    assert _graph_essentials(restored) == _graph_essentials(before)
     assert not page.page_errors, f"page errors: {page.page_errors}"
 
 

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from comfyui_harness import output_files
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tiny_models, next to this file
-from tiny_models import load_api_workflow, shrink, tiny_comfyui, write_tiny_lora, write_tiny_vae  # noqa: E402,F401
+from tiny_models import load_api_workflow, shrink, write_tiny_lora, write_tiny_vae  # noqa: E402,F401
 
 
 def _saved_latent(server, entry) -> torch.Tensor:

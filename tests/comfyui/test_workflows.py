@@ -17,7 +17,7 @@ import pytest
 from comfyui_harness import output_files
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tiny_models, next to this file
-from tiny_models import HEIGHT, WIDTH, WORKFLOWS, load_api_workflow, shrink, tiny_comfyui, video_length  # noqa: E402,F401
+from tiny_models import HEIGHT, WIDTH, WORKFLOWS, load_api_workflow, shrink, video_length  # noqa: E402,F401
 
 av = pytest.importorskip("av")
 

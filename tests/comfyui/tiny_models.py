@@ -1,7 +1,7 @@
 """The real-ComfyUI test fixture with tiny checkpoints, and a ComfyUI CLIP of tiny weights.
 
 The checkpoint writers and the workflow shrinking live in ``scripts/tiny_checkpoints.py``
-(the demo uses them too). The core DualCLIPLoader always builds a full-size T5-XXL
+(the demo uses them too); the ``tiny_comfyui`` fixture is in ``tests/conftest.py``. The core DualCLIPLoader always builds a full-size T5-XXL
 (4.7 B parameters) whatever the file holds, so no tiny file can go through it;
 ``build_tiny_comfy_clip`` builds a ComfyUI ``CLIP`` object of the flux layout with tiny
 transformers instead (in-process tests).
@@ -9,7 +9,6 @@ transformers instead (in-process tests).
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from tiny_checkpoints import (  # noqa: F401  (re-exported for the test modules)
@@ -17,13 +16,6 @@ from tiny_checkpoints import (  # noqa: F401  (re-exported for the test modules)
     tiny_clip, tiny_t5, video_length, write_stand_ins, write_tiny_dit, write_tiny_lora, write_tiny_text_encoders,
     write_tiny_vae,
 )
-
-
-@pytest.fixture(scope="session")
-def tiny_comfyui(comfyui):
-    """The server with tiny checkpoints under the workflows' file names, and small input media."""
-    write_stand_ins(comfyui.models_dir, comfyui.input_dir)
-    return comfyui
 
 
 def build_tiny_comfy_clip():
