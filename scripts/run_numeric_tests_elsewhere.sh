@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The numeric tests (models, golden data, noise, scheduling, sampling, training objective,
+# VAE learning) once more under CPU kernel paths other than this machine's best, so that a
+# result hinging on one CPU's instruction set, its BLAS path or the thread count fails here
+# and not on a user's machine (an AMD CPU once generated nothing). CI runs it after the
+# README's test command (.ci/run); run it after 'bash scripts/run_tests.sh' set up .venv.
+#
+#   AVX2 kernels (what AMD Zen and older Intel CPUs get from ATen and MKL), one thread
+#   the portable kernels of ATen with MKL held to SSE4.2 (ARM and other CPUs' arithmetic order)
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+NUMERIC=(tests/models tests/test_noise.py tests/test_rng.py tests/test_scheduling.py tests/test_latents.py
+         tests/sampling tests/training/test_dit_objective.py tests/training/test_dit_objective_golden.py
+         tests/training/test_vae_trainer.py::test_tiny_vae_learns_moving_shapes_and_exports_a_loadable_folder)
+run() {
+  echo "== numeric tests with $*"
+  env "$@" .venv/bin/python -m pytest "${NUMERIC[@]}" -q -p no:cacheprovider
+}
+run ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+run ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=SSE4_2
