@@ -96,11 +96,11 @@ def _pick_variant(name: Optional[str], dit, dit_path: Path) -> str:
     return "miniflux-768p" if "768p" in str(dit_path) else "miniflux-384p"
 
 
-def _load_models(args):
+def _load_models(args, paths: tuple[Path, Path, Path, Optional[str]]):
     from .loading import load_dit, load_vae, resolve_dtype
     from .models.text_encoders import PyramidTextEncoder
 
-    dit_path, vae_path, text_path, variant = _resolve_paths(args)
+    dit_path, vae_path, text_path, variant = paths
     dit = load_dit(dit_path, dtype=args.dtype, device=args.device)
     variant = _pick_variant(variant, dit, dit_path)
     vae = load_vae(vae_path, dtype=args.vae_dtype or args.dtype, device=args.device)
@@ -159,31 +159,38 @@ def _check_device(device: str) -> None:
         raise ValueError(f"--device {device}: Apple's MPS is not available here; use --device cpu")
 
 
-def _check_args(args) -> int:
-    """Everything that can be checked before a model loads; returns the pixel frame count."""
+def _check_args(args) -> tuple[int, tuple[Path, Path, Path, Optional[str]]]:
+    """Everything that can be checked before a model loads; returns the pixel frame count and
+    the model paths (with the variant, when the folder names it)."""
     _check_device(args.device)
     num_frames = _num_frames(args)
     latent_frames(num_frames)
-    if args.width is not None or args.height is not None:
-        if args.width is None or args.height is None:
-            raise ValueError("give both --width and --height, or neither")
+    if (args.width is None) != (args.height is None):
+        raise ValueError("give both --width and --height, or neither")
+    if args.width is not None:
         check_video_size(args.width, args.height)
-        free = free_host_memory()
-        if free is not None:   # the noise of the whole video is drawn in host memory (fp32 + float64 copy)
-            check_latents_fit(latent_shape(args.width, args.height, num_frames), free, "host memory", 4 + 4 + 8,
-                              "the latents and noise")
     SamplingSettings.create(3, args.steps, args.video_steps, args.guidance, args.video_guidance)
     for name in ("image", "video"):
         path = getattr(args, name)
         if path and not Path(path).is_file():
             raise FileNotFoundError(f"--{name} {path}: no such file")
-    return num_frames
+    paths = _resolve_paths(args)
+    if args.width is not None:
+        width, height = args.width, args.height
+    else:   # the variant's size; a folder or file not named 384p holds a 768p model (1280x768)
+        variant = get_variant(paths[3] or "miniflux-768p")
+        width, height = variant.width, variant.height
+    free = free_host_memory()
+    if free is not None:   # the noise of the whole video is drawn in host memory (fp32 + float64 copy)
+        check_latents_fit(latent_shape(width, height, num_frames), free, "host memory", 4 + 4 + 8,
+                          "the latents and noise")
+    return num_frames, paths
 
 
 def generate(args) -> Path:
-    num_frames = _check_args(args)
+    num_frames, paths = _check_args(args)
     history = HistoryConfig(recent_units=args.recent_units, max_frames=args.history_frames)
-    dit, vae, text_encoder, variant_name = _load_models(args)
+    dit, vae, text_encoder, variant_name = _load_models(args, paths)
     variant = get_variant(variant_name)
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
     text = encode_text(text_encoder, args.prompt, args.negative_prompt, args.prompt_suffix)

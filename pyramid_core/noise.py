@@ -42,18 +42,18 @@ __all__ = [
 ]
 
 
-# --------------------------------------------------------------------------------------
-# Block-correlated noise
-# --------------------------------------------------------------------------------------
-
-MAX_GAMMA = Fraction(1, 3)
-
-
 def _target_device(device: torch.device | str | None, generator: torch.Generator | None) -> torch.device:
     """``device``, else the generator's device, else the CPU."""
     if device is not None:
         return torch.device(device)
     return generator.device if generator is not None else torch.device("cpu")
+
+
+# --------------------------------------------------------------------------------------
+# Block-correlated noise
+# --------------------------------------------------------------------------------------
+
+MAX_GAMMA = Fraction(1, 3)
 
 
 def _exact_gamma(gamma: float) -> Fraction:
@@ -79,7 +79,7 @@ def block_noise_covariance(gamma: float) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=8)
 def _cholesky_float64(gamma: Fraction) -> torch.Tensor:
-    """The exact lower factor of ``(1 + g) I - g 11^T``, each entry correctly rounded to float64.
+    """The exact lower factor of ``(1 + g) I - g 11^T`` in float64 (each entry within two ulps).
 
     No LAPACK: the matrix has unit diagonal and off-diagonal ``c = -g``, and every step of
     Cholesky leaves a Schur complement of the same form, with pivot ``d_k`` and off-diagonal

@@ -105,11 +105,12 @@ def test_cli_reports_bad_input_before_loading_models(tmp_path, capsys):
     (["--seconds", "-3"], "seconds=-3.0: give a length of 0 seconds or more"),
     (["--width", "99968", "--height", "64"], "width=99968 px is above the largest size accepted (8192 px)"),
     (["--width", "8192", "--height", "8192", "--frames", "8193"], "GiB free: at 8192x8192 at most"),
+    (["--frames", "8193"], "GiB free: at 640x384 at most"),                  # the 384p folder's size
 ])
 def test_cli_refuses_lengths_and_sizes_that_make_no_video(tmp_path, capsys, monkeypatch, extra, message):
-    monkeypatch.setattr("pyramid_core.cli.free_host_memory", lambda: 16 * 2**30)   # any machine: 16 GiB free
-    folder = tmp_path / "empty"
-    folder.mkdir()
+    monkeypatch.setattr("pyramid_core.cli.free_host_memory", lambda: 2**29)   # any machine: 512 MiB free
+    folder = tmp_path / "models"
+    (folder / "diffusion_transformer_384p").mkdir(parents=True)       # nothing is loaded before the checks
     assert main(["generate", "t2v", "--model-dir", str(folder), "--prompt", "x", "--device", "cpu", *extra]) == 2
     assert message in capsys.readouterr().err
 
