@@ -19,7 +19,7 @@ import comfy.utils
 import folder_paths
 from comfy_api.latest import io
 
-from ..pyramid_core.sizes import check_latents_fit
+from ..pyramid_core.sizes import check_latents_fit, check_sampler_fits
 from ..pyramid_core.variants import Variant
 
 # Socket types of the pack. Each carries one of the handles below, so a wire can only join
@@ -154,11 +154,12 @@ def resolve_model_path(folder_names: tuple[str, ...], name: str) -> str:
     raise ValueError(f"{name!r} is not in models/{'/'.join(folder_names)}: put it there and refresh the page")
 
 
-def check_latents_fit_in_memory(shape: tuple[int, ...], bytes_per_value: int = 4, what: str = "the latents") -> None:
-    """Refuse latents of ``shape`` that ComfyUI's intermediate device (where LATENTs live) cannot hold."""
+def check_memory_for(shape: tuple[int, ...], sampler: bool = False) -> None:
+    """Refuse latents of ``shape`` (or a sampler's latents and noise for them) that ComfyUI's
+    intermediate device, where LATENTs live, cannot hold."""
     device = comfy.model_management.intermediate_device()
-    check_latents_fit(shape, comfy.model_management.get_free_memory(device), f"the {device.type.upper()} memory",
-                      bytes_per_value, what)
+    free, where = comfy.model_management.get_free_memory(device), f"the {device.type.upper()} memory"
+    (check_sampler_fits if sampler else check_latents_fit)(shape, free, where)
 
 
 # --------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import comfy.model_management
 from comfy_api.latest import io
 
 from ..pyramid_core.sizes import FRAMES_PER_SECOND, MAX_SIDE, frames_for_seconds, latent_shape, pixel_multiple
-from ._runtime import check_latents_fit_in_memory
+from ._runtime import check_memory_for
 
 CATEGORY = "PyramidFlow/latent"
 
@@ -40,6 +40,6 @@ class PyramidFlowEmptyLatent(io.ComfyNode):
     def execute(cls, width: int, height: int, length: int, seconds: float, batch_size: int) -> io.NodeOutput:
         frames = length if seconds == 0 else frames_for_seconds(seconds)   # NaN and negatives are refused there
         shape = latent_shape(width, height, frames, batch_size)
-        check_latents_fit_in_memory(shape)
+        check_memory_for(shape)
         samples = torch.zeros(shape, device=comfy.model_management.intermediate_device())
         return io.NodeOutput({"samples": samples})

@@ -39,7 +39,7 @@ from ..pyramid_core.sampling import (
 from ..pyramid_core.scheduling import PyramidFlowScheduler
 from ..pyramid_core.sizes import check_video_size
 from ..pyramid_core.variants import VAE_SPATIAL_FACTOR, Variant
-from ._runtime import (ConditioningType, DiTType, HistoryType, check_latents_fit_in_memory, execution_device,
+from ._runtime import (ConditioningType, DiTType, HistoryType, check_memory_for, execution_device,
                        model_on_device, step_callback)
 from .history import RNG_KEY, PastVideo
 
@@ -74,10 +74,10 @@ def _video_latent(latent: dict) -> torch.Tensor:
 
 
 def _target_latent(latent: dict) -> torch.Tensor:
-    """The Empty Latent of the video to generate, after checking that its noise and result fit:
-    fp32 result + fp32 noise of the whole video + its float64 copy while shrinking it."""
+    """The Empty Latent of the video to generate, after checking that the sampler's latents and
+    noise for it fit in memory."""
     samples = _video_latent(latent)
-    check_latents_fit_in_memory(tuple(samples.shape), 4 + 4 + 8, "the latents and noise")
+    check_memory_for(tuple(samples.shape), sampler=True)
     return samples
 
 

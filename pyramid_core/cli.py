@@ -27,7 +27,7 @@ import torch
 from .latents import decode_from_latents
 from .sampling import HistoryConfig, continue_video, encode_text, image_to_video, image_to_pixels, text_to_video
 from .sampling.settings import SamplingSettings
-from .sizes import (VAE_TEMPORAL_FACTOR, check_latents_fit, check_video_size, frames_for_seconds, free_host_memory,
+from .sizes import (VAE_TEMPORAL_FACTOR, check_sampler_fits, check_video_size, frames_for_seconds, free_host_memory,
                     latent_frames, latent_shape)
 from .variants import DEFAULT_NEGATIVE_PROMPT, PROMPT_SUFFIX, VARIANTS, get_variant
 from .video_io import frames_to_pixels, frames_to_uint8, read_image, read_video, write_video
@@ -181,9 +181,8 @@ def _check_args(args) -> tuple[int, tuple[Path, Path, Path, Optional[str]]]:
         variant = get_variant(paths[3] or "miniflux-768p")
         width, height = variant.width, variant.height
     free = free_host_memory()
-    if free is not None:   # the noise of the whole video is drawn in host memory (fp32 + float64 copy)
-        check_latents_fit(latent_shape(width, height, num_frames), free, "host memory", 4 + 4 + 8,
-                          "the latents and noise")
+    if free is not None:   # the noise of the whole video is drawn in host memory
+        check_sampler_fits(latent_shape(width, height, num_frames), free, "host memory")
     return num_frames, paths
 
 

@@ -108,6 +108,16 @@ def check_latents_fit(shape: tuple[int, ...], free_bytes: int, where: str = "thi
     )
 
 
+# Host memory per latent value while a sampler starts a video: the fp32 result, the fp32
+# noise of the whole video, and its float64 copy while it is shrunk to the coarsest stage.
+SAMPLER_BYTES_PER_VALUE = 4 + 4 + 8
+
+
+def check_sampler_fits(shape: tuple[int, ...], free_bytes: int, where: str) -> None:
+    """:func:`check_latents_fit` for what a sampler holds for a video of latent ``shape``."""
+    check_latents_fit(shape, free_bytes, where, SAMPLER_BYTES_PER_VALUE, "the latents and noise")
+
+
 def free_host_memory() -> int | None:
     """Bytes of RAM available now, or None where the OS does not say (POSIX sysconf)."""
     try:

@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from ui_workflows import replace_node, set_widget_values
+
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "data" / "golden"
 WORDS = "a an the cat dog runs jumps over red blue sky sea movie trailer tiny test prompt , . ! space man".split()
@@ -192,7 +194,8 @@ def _stand_in_edits(prompt: dict, seed: int) -> dict[str, tuple[str | None, dict
         elif kind in ("PyramidFlowDiTLoader", "PyramidFlowVAELoader"):
             edits[node_id] = (None, {"precision": "fp32"})
         elif kind == "PyramidFlowEmptyLatent":
-            edits[node_id] = (None, dict(width=WIDTH, height=HEIGHT, length=2 * FRAMES - 1 if continuation else FRAMES))
+            length = 2 * FRAMES - 1 if continuation else FRAMES
+            edits[node_id] = (None, dict(width=WIDTH, height=HEIGHT, length=length))
         elif kind == "ImageScale":
             edits[node_id] = (None, dict(width=WIDTH, height=HEIGHT))
         elif kind == "ImageFromBatch":
@@ -229,8 +232,6 @@ def shrink_ui(name: str, object_info: dict, seed: int = 7) -> dict:
     control value). The UI file and its API twin share node ids, so the edits read from the
     twin apply to both; what the page queues from the result is ``shrink`` of the twin.
     """
-    from ui_workflows import replace_node, set_widget_values
-
     workflow = load_ui_workflow(name)
     for node_id, (kind, values) in _stand_in_edits(load_api_workflow(name), seed).items():
         if kind is not None:
