@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import comfy.lora
 import comfy.utils
 import folder_paths
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from ..pyramid_core.loading import load_dit, load_vae, model_kind
 from ..pyramid_core.models.text_encoders import PyramidTextEncoder, detect_text_encoder_family
-from ..pyramid_core.variants import VARIANTS, detect_variant, get_variant
+from ..pyramid_core.variants import VARIANTS, choose_variant
 from ._runtime import (
     OFFLOAD_MODES,
     OFFLOAD_TOOLTIP,
@@ -24,6 +26,7 @@ from ._runtime import (
 )
 
 CATEGORY = "PyramidFlow/loaders"
+log = logging.getLogger("pyramid_flow")
 PRECISIONS = ("bf16", "fp16", "fp32", "fp8_e4m3fn")
 
 
@@ -43,8 +46,9 @@ class PyramidFlowDiTLoader(io.ComfyNode):
                                tooltip="Compute dtype. fp8_e4m3fn stores the linear weights in 8 bits (half the "
                                        "memory of bf16) and computes in bf16. fp16 may overflow; fp32 is for CPUs."),
                 io.Combo.Input("variant", options=["auto", *VARIANTS], default="auto",
-                               tooltip="auto: miniFLUX or SD3 from the tensors, 384p or 768p from the folder/file "
-                                       "name (384p if the name does not say). Pick one if your file is named otherwise."),
+                               tooltip="auto: miniFLUX or SD3 from the tensors; 384p, 768p or the 1024p image model "
+                                       "from the folder/file name (a miniFLUX name that says none: 384p; SD3: 768p). "
+                                       "The node shows what it chose and why; pick one here to override."),
                 io.Combo.Input("offload", options=list(OFFLOAD_MODES), default="auto", tooltip=OFFLOAD_TOOLTIP),
             ],
             outputs=[DiTType.Output(display_name="dit")],
@@ -55,12 +59,10 @@ class PyramidFlowDiTLoader(io.ComfyNode):
         path = resolve_model_path(("diffusion_models",), dit_name)
         compute, storage = ("bf16", "fp8_e4m3fn") if precision == "fp8_e4m3fn" else (precision, None)
         model = load_dit(path, dtype=compute, weight_dtype=storage)
-        family = model_kind(model)
-        chosen = detect_variant(family, dit_name) if variant == "auto" else get_variant(variant)
-        if chosen.family != family:
-            raise ValueError(f"{dit_name} is a {family} DiT but variant {chosen.name} is a {chosen.family} model; "
-                             "choose a matching variant or auto")
-        return io.NodeOutput(make_handle(model, offload=offload, kind="dit", variant=chosen))
+        chosen, why = choose_variant(model_kind(model), dit_name, variant)
+        log.info("Pyramid Flow DiT %s: variant %s", dit_name, why)
+        return io.NodeOutput(make_handle(model, offload=offload, kind="dit", variant=chosen),
+                             ui=ui.PreviewText(f"variant {why}"))
 
 
 class PyramidFlowVAELoader(io.ComfyNode):

@@ -73,10 +73,13 @@ def _video_latent(latent: dict) -> torch.Tensor:
     return samples
 
 
-def _target_latent(latent: dict) -> torch.Tensor:
-    """The Empty Latent of the video to generate, after checking that the sampler's latents and
-    noise for it fit in memory."""
+def _target_latent(latent: dict, variant: Variant) -> torch.Tensor:
+    """The Empty Latent of the video to generate, after checking that the DiT makes that many
+    frames and that the sampler's latents and noise for it fit in memory."""
     samples = _video_latent(latent)
+    if variant.image_only and samples.shape[2] > 1:
+        raise ValueError(f"the DiT is {variant.name}, which makes single images: set the Empty Latent's length "
+                         f"to 1 (it asks for {samples.shape[2]} latent frames), or load a 384p or 768p video model")
     check_memory_for(tuple(samples.shape), sampler=True)
     return samples
 
@@ -168,7 +171,7 @@ class PyramidFlowStageSampler(io.ComfyNode):
         variant: Variant = dit.variant
         state = latent.get(STATE_KEY)
         if state is None:                                   # first stage of a new unit
-            unit = _start_unit(dit, _target_latent(latent), history, seed)
+            unit = _start_unit(dit, _target_latent(latent, variant), history, seed)
             stage, samples = 0, unit.pop("noise")
             state = dict(variant=variant.name, start=unit["start"], past=unit["past"], clips=unit["clips"])
             rng = unit["generator"].get_state()
@@ -257,7 +260,7 @@ class PyramidFlowUnitSampler(io.ComfyNode):
                 guidance_scale: float, seed: int, history: Optional[PastVideo] = None) -> io.NodeOutput:
         variant: Variant = dit.variant
         settings = UnitSettings.create((steps_stage1, steps_stage2, steps_stage3), guidance_scale, variant.num_stages)
-        unit = _start_unit(dit, _target_latent(latent), history, seed)
+        unit = _start_unit(dit, _target_latent(latent, variant), history, seed)
         callback = step_callback(settings.total_steps)
         scheduler = PyramidFlowScheduler.from_variant(variant)
         device = execution_device(dit)
@@ -305,7 +308,7 @@ class PyramidFlowSampler(io.ComfyNode):
                 video_steps_stage3: int, guidance_scale: float, video_guidance_scale: float, seed: int,
                 history_recent_units: int, history_max_frames: int, start: Optional[dict] = None) -> io.NodeOutput:
         variant: Variant = dit.variant
-        target = _target_latent(latent)
+        target = _target_latent(latent, variant)
         settings = SamplingSettings.create(
             variant.num_stages,
             (first_frame_steps_stage1, first_frame_steps_stage2, first_frame_steps_stage3),

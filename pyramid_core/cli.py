@@ -29,14 +29,14 @@ from .sampling import HistoryConfig, continue_video, encode_text, image_to_video
 from .sampling.settings import SamplingSettings
 from .sizes import (VAE_TEMPORAL_FACTOR, check_sampler_fits, check_video_size, frames_for_seconds, free_host_memory,
                     latent_frames, latent_shape)
-from .variants import DEFAULT_NEGATIVE_PROMPT, PROMPT_SUFFIX, VARIANTS, get_variant
-from .video_io import frames_to_pixels, frames_to_uint8, read_image, read_video, write_video
+from .variants import (DEFAULT_NEGATIVE_PROMPT, IMAGE_TO_VIDEO_GUIDANCE, PROMPT_SUFFIX, VARIANTS, choose_variant,
+                       get_variant)
+from .video_io import IMAGE_SUFFIXES, frames_to_pixels, frames_to_uint8, read_image, read_video, write_image, write_video
 
-# Official folder layout: DiT subfolder per variant, VAE subfolder.
-DIT_FOLDERS = {"miniflux-384p": "diffusion_transformer_384p", "miniflux-768p": "diffusion_transformer_768p",
-               "sd3-768p": "diffusion_transformer_768p"}
+# Official folder layout: the DiT subfolders a release may hold, in the order they are
+# picked when --variant does not say (the 384p model first: the fastest), and the VAE.
+DIT_FOLDERS = ("diffusion_transformer_384p", "diffusion_transformer_768p", "diffusion_transformer_image")
 VAE_FOLDER = "causal_video_vae"
-FAMILY_OF_CLASS = {"PyramidFluxTransformer": "flux", "PyramidDiffusionMMDiT": "mmdit"}
 
 
 # --------------------------------------------------------------------------------------
@@ -60,49 +60,46 @@ def _per_stage_float(text: str) -> list[float] | float:
     return numbers[0] if len(numbers) == 1 else numbers
 
 
-def _resolve_paths(args) -> tuple[Path, Path, Path, Optional[str]]:
-    """(DiT, VAE, text encoder folder, variant name or None) from the arguments."""
+def _resolve_paths(args) -> tuple[Path, Path, Path]:
+    """(DiT, VAE, text encoder folder) from the arguments."""
     model_dir = Path(args.model_dir) if args.model_dir else None
     if model_dir is not None and not model_dir.is_dir():
         raise FileNotFoundError(f"--model-dir {model_dir}: no such folder (the official checkpoint folder, "
                                 "e.g. pyramid-flow-miniflux as downloaded)")
-    variant = args.variant
     dit = Path(args.dit) if args.dit else None
     if dit is None:
         if model_dir is None:
             raise ValueError("give --model-dir (official folder) or --dit (single file)")
-        names = [variant] if variant else list(DIT_FOLDERS)
-        found = [(n, model_dir / DIT_FOLDERS[n]) for n in names if (model_dir / DIT_FOLDERS[n]).is_dir()]
+        wanted = (get_variant(args.variant).folder,) if args.variant else DIT_FOLDERS
+        found = [model_dir / folder for folder in wanted if (model_dir / folder).is_dir()]
         if not found:
-            wanted = ", ".join(f"{name}/" for name in sorted({DIT_FOLDERS[n] for n in names}))
-            raise ValueError(f"--model-dir {model_dir} holds none of {wanted}: is it the official checkpoint folder?")
-        variant_guess, dit = found[0]
-        variant = variant or (variant_guess if "384p" in dit.name else None)
+            names = ", ".join(f"{folder}/" for folder in wanted)
+            raise ValueError(f"--model-dir {model_dir} holds none of {names}: is it the official checkpoint folder?")
+        dit = found[0]
     vae = Path(args.vae) if args.vae else (model_dir / VAE_FOLDER if model_dir else None)
     text = Path(args.text_encoders) if args.text_encoders else model_dir
     if vae is None or text is None:
         raise ValueError("single files need --vae and --text-encoders (a folder with tokenizer*/ and text_encoder*/)")
-    return dit, vae, text, variant
+    return dit, vae, text
 
 
-def _pick_variant(name: Optional[str], dit, dit_path: Path) -> str:
-    family = FAMILY_OF_CLASS.get(type(dit).__name__)
-    if name:
-        if get_variant(name).family != family:
-            raise ValueError(f"--variant {name} is a {get_variant(name).family} model but {dit_path} is {family}")
-        return name
-    if family == "mmdit":
-        return "sd3-768p"
-    return "miniflux-768p" if "768p" in str(dit_path) else "miniflux-384p"
+def _expected_variant(args, dit_path: Path):
+    """The variant a DiT path will load as, before loading it (for the size checks): --variant,
+    else what its name says, taking the larger size where the families' defaults differ."""
+    if args.variant:
+        return get_variant(args.variant)
+    guesses = [choose_variant(family, str(dit_path))[0] for family in ("flux", "mmdit")]
+    return max(guesses, key=lambda v: v.width * v.height)
 
 
-def _load_models(args, paths: tuple[Path, Path, Path, Optional[str]]):
-    from .loading import load_dit, load_vae, resolve_dtype
+def _load_models(args, paths: tuple[Path, Path, Path]):
+    from .loading import load_dit, load_vae, model_kind, resolve_dtype
     from .models.text_encoders import PyramidTextEncoder
 
-    dit_path, vae_path, text_path, variant = paths
+    dit_path, vae_path, text_path = paths
     dit = load_dit(dit_path, dtype=args.dtype, device=args.device)
-    variant = _pick_variant(variant, dit, dit_path)
+    variant, why = choose_variant(model_kind(dit), str(dit_path), args.variant or "auto")
+    print(f"variant {why}", file=sys.stderr)
     vae = load_vae(vae_path, dtype=args.vae_dtype or args.dtype, device=args.device)
     text_encoder = PyramidTextEncoder.from_pretrained(text_path, dtype=resolve_dtype(args.dtype), device=args.device)
     return dit, vae, text_encoder, variant
@@ -159,9 +156,23 @@ def _check_device(device: str) -> None:
         raise ValueError(f"--device {device}: Apple's MPS is not available here; use --device cpu")
 
 
-def _check_args(args) -> tuple[int, tuple[Path, Path, Path, Optional[str]]]:
+def _sampling(args, variant) -> dict:
+    """Steps and guidance: the command line's, else the reference's for this variant and mode."""
+    video_guidance = IMAGE_TO_VIDEO_GUIDANCE if args.mode == "i2v" else variant.video_guidance_scale
+    return dict(steps=args.steps or list(variant.steps), video_steps=args.video_steps or list(variant.video_steps),
+                guidance_scale=variant.guidance_scale if args.guidance is None else args.guidance,
+                video_guidance_scale=video_guidance if args.video_guidance is None else args.video_guidance)
+
+
+def _check_sampling(args, variant) -> None:
+    sampling = _sampling(args, variant)
+    SamplingSettings.create(variant.num_stages, sampling["steps"], sampling["video_steps"],
+                            sampling["guidance_scale"], sampling["video_guidance_scale"])
+
+
+def _check_args(args) -> tuple[int, tuple[Path, Path, Path]]:
     """Everything that can be checked before a model loads; returns the pixel frame count and
-    the model paths (with the variant, when the folder names it)."""
+    the model paths."""
     _check_device(args.device)
     num_frames = _num_frames(args)
     latent_frames(num_frames)
@@ -169,17 +180,17 @@ def _check_args(args) -> tuple[int, tuple[Path, Path, Path, Optional[str]]]:
         raise ValueError("give both --width and --height, or neither")
     if args.width is not None:
         check_video_size(args.width, args.height)
-    SamplingSettings.create(3, args.steps, args.video_steps, args.guidance, args.video_guidance)
+    _check_sampling(args, get_variant("miniflux-384p"))     # what was given; the defaults are valid for all
     for name in ("image", "video"):
         path = getattr(args, name)
         if path and not Path(path).is_file():
             raise FileNotFoundError(f"--{name} {path}: no such file")
     paths = _resolve_paths(args)
-    if args.width is not None:
-        width, height = args.width, args.height
-    else:   # the variant's size; a folder or file not named 384p holds a 768p model (1280x768)
-        variant = get_variant(paths[3] or "miniflux-768p")
-        width, height = variant.width, variant.height
+    variant = _expected_variant(args, paths[0])
+    if variant.image_only and num_frames > 1:
+        raise ValueError(f"{variant.name} makes single images: ask for --frames 1 (or --seconds 0), or use a "
+                         "384p or 768p video model")
+    width, height = (args.width, args.height) if args.width is not None else (variant.width, variant.height)
     free = free_host_memory()
     if free is not None:   # the noise of the whole video is drawn in host memory
         check_sampler_fits(latent_shape(width, height, num_frames), free, "host memory")
@@ -189,15 +200,17 @@ def _check_args(args) -> tuple[int, tuple[Path, Path, Path, Optional[str]]]:
 def generate(args) -> Path:
     num_frames, paths = _check_args(args)
     history = HistoryConfig(recent_units=args.recent_units, max_frames=args.history_frames)
-    dit, vae, text_encoder, variant_name = _load_models(args, paths)
-    variant = get_variant(variant_name)
+    dit, vae, text_encoder, variant = _load_models(args, paths)
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
     text = encode_text(text_encoder, args.prompt, args.negative_prompt, args.prompt_suffix)
-    common = dict(variant=variant, video_steps=args.video_steps, video_guidance_scale=args.video_guidance,
-                  history=history, generator=generator, callback=_progress_bar())
+    sampling = _sampling(args, variant)
+    common = dict(variant=variant, video_steps=sampling["video_steps"],
+                  video_guidance_scale=sampling["video_guidance_scale"], history=history, generator=generator,
+                  callback=_progress_bar())
     if args.mode == "t2v":
         latents = text_to_video(dit, text, width=args.width or variant.width, height=args.height or variant.height,
-                                num_frames=num_frames, steps=args.steps, guidance_scale=args.guidance, **common)
+                                num_frames=num_frames, steps=sampling["steps"],
+                                guidance_scale=sampling["guidance_scale"], **common)
     elif args.mode == "i2v":
         image = image_to_pixels(read_image(args.image)).to(args.device)
         latents = image_to_video(dit, text, image=image, vae=vae, num_frames=num_frames,
@@ -208,6 +221,10 @@ def generate(args) -> Path:
         latents = continue_video(dit, text, video=pixels, vae=vae, num_frames=num_frames, **common)
     pixels = decode_from_latents(vae, latents, variant, chunk_size=1, tile_size=args.vae_tile)
     frames = frames_to_uint8(pixels)[0]
+    if Path(args.output).suffix.lower() in IMAGE_SUFFIXES:
+        if frames.shape[0] != 1:
+            raise ValueError(f"--output {args.output} is an image but the result has {frames.shape[0]} frames")
+        return write_image(args.output, frames[0])
     return write_video(args.output, frames, fps=args.fps)
 
 
@@ -247,12 +264,15 @@ def build_parser() -> argparse.ArgumentParser:
     length.add_argument("--frames", type=int, help="pixel frames of the result, 1 + 8k")
     length.add_argument("--seconds", type=float, default=5.0, help="length at 24 fps (default %(default)s)")
     video.add_argument("--fps", type=int, default=24)
-    video.add_argument("--output", default="pyramid_flow.mp4")
+    video.add_argument("--output", default="pyramid_flow.mp4",
+                       help="an .mp4, or an image file (.png, .jpg, .webp) for a 1-frame result such as the 1024p model's")
     sampling = gen.add_argument_group("sampling")
-    sampling.add_argument("--steps", type=_per_stage, default=[20, 20, 20], help="first frame, per stage (20,20,20)")
-    sampling.add_argument("--video-steps", type=_per_stage, default=[10, 10, 10], help="later units, per stage")
-    sampling.add_argument("--guidance", type=_per_stage_float, default=7.0, help="first-frame guidance scale")
-    sampling.add_argument("--video-guidance", type=_per_stage_float, default=5.0, help="video guidance scale")
+    sampling.add_argument("--steps", type=_per_stage, help="first frame, per stage (default: the variant's, 20,20,20)")
+    sampling.add_argument("--video-steps", type=_per_stage, help="later units, per stage (default 10,10,10)")
+    sampling.add_argument("--guidance", type=_per_stage_float,
+                          help="first-frame guidance scale (default: the variant's, 7 at 384p, 9 at 768p and 1024p)")
+    sampling.add_argument("--video-guidance", type=_per_stage_float,
+                          help="video guidance scale (default 5; 4 for i2v, as the reference README)")
     sampling.add_argument("--seed", type=int, default=0)
     sampling.add_argument("--history-frames", type=int, help="keep at most this many past latent frames")
     sampling.add_argument("--recent-units", type=int, default=1, help="recent units at full stage resolution")

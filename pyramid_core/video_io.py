@@ -68,6 +68,35 @@ def write_video(path: str | Path, frames: torch.Tensor, fps: int = FRAMES_PER_SE
     return path
 
 
+# Image files PyAV writes through FFmpeg's image2 muxer: codec and pixel format per suffix.
+IMAGE_CODECS = {".png": ("png", "rgb24"), ".jpg": ("mjpeg", "yuvj420p"), ".jpeg": ("mjpeg", "yuvj420p"),
+                ".webp": ("libwebp", "yuv420p")}
+IMAGE_SUFFIXES = tuple(IMAGE_CODECS)
+
+
+def write_image(path: str | Path, frame: torch.Tensor) -> Path:
+    """Write one ``(H, W, 3)`` uint8 frame as a png (lossless), jpg or webp file, atomically."""
+    import av
+
+    path = Path(path)
+    if path.suffix.lower() not in IMAGE_CODECS:
+        raise ValueError(f"{path}: write images as one of {', '.join(IMAGE_SUFFIXES)}")
+    if frame.ndim != 3 or frame.shape[-1] != 3 or frame.dtype != torch.uint8:
+        raise ValueError(f"frame must be (H, W, 3) uint8, got {tuple(frame.shape)} {frame.dtype}")
+    codec, pix_fmt = IMAGE_CODECS[path.suffix.lower()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    with av.open(str(tmp), mode="w", format="image2", options={"update": "1"}) as container:
+        stream = container.add_stream(codec, rate=1)
+        stream.width, stream.height, stream.pix_fmt = frame.shape[1], frame.shape[0], pix_fmt
+        for packet in stream.encode(av.VideoFrame.from_ndarray(frame.cpu().numpy(), format="rgb24")):
+            container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    tmp.replace(path)
+    return path
+
+
 def read_video(path: str | Path) -> tuple[torch.Tensor, float]:
     """All frames of a video file as ``(T, H, W, 3)`` uint8, and its frame rate."""
     import av

@@ -46,25 +46,6 @@ def test_batch_size_must_be_positive():
         latent_shape(64, 64, 1, batch_size=0)
 
 
-@pytest.mark.parametrize("family,name,expected", [
-    ("flux", "pyramid_flow_miniflux_768p.safetensors", "miniflux-768p"),
-    ("flux", "pyramid-flow-miniflux/diffusion_transformer_384p", "miniflux-384p"),
-    ("flux", "my_finetune.safetensors", "miniflux-384p"),
-    ("mmdit", "anything", "sd3-768p"),
-])
-def test_detect_variant_from_family_and_name(family, name, expected):
-    from pyramid_core.variants import detect_variant
-
-    assert detect_variant(family, name).name == expected
-
-
-def test_detect_variant_rejects_unknown_families():
-    from pyramid_core.variants import detect_variant
-
-    with pytest.raises(ValueError, match="unknown DiT family"):
-        detect_variant("unet", "x")
-
-
 @pytest.mark.parametrize("seconds", [float("nan"), -1.0, float("inf")])
 def test_seconds_that_are_no_length_are_refused(seconds):
     with pytest.raises(ValueError, match="seconds"):

@@ -147,6 +147,9 @@ def sample_video(
     batch = context.shape[0] if context is not None else text.batch_size
     height, width = latent_size
     context_frames = 0 if context is None else context.shape[2]
+    if variant.image_only and num_latent_frames > 1:
+        raise ValueError(f"{variant.name} makes single images, not {num_latent_frames} latent frames: ask for 1 "
+                         "frame, or load a 384p or 768p video model")
     if context is not None and tuple(context.shape[-2:]) != (height, width):
         raise ValueError(f"context latents are {tuple(context.shape[-2:])}, the video is {(height, width)}")
     units = plan_units(context_frames, num_latent_frames, variant.frame_per_unit)

@@ -22,7 +22,7 @@ import pytest
 from comfyui_harness import output_files
 from support import REPO_ROOT, require
 from tiny_checkpoints import load_api_workflow, shrink, shrink_ui
-from ui_workflows import MARGINS, TITLE_HEIGHT, VIEWPORT, fit_view
+from ui_workflows import MARGINS, TITLE_HEIGHT, VIEWPORT, fit_view, set_widget_values
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -217,6 +217,16 @@ DROP_JS = """async ({url, name}) => {
 }"""
 
 
+INFO_JS = """async (id) => {
+    for (let i = 0; i < 100; i++) {
+        const widget = app.graph.getNodeById(id)?.widgets?.find(w => w.name === 'pyramid_flow_info');
+        if (widget?.value) return widget.value;
+        await new Promise(r => setTimeout(r, 50));
+    }
+    return '';
+}"""
+
+
 def _graph_essentials(graph: dict) -> dict:
     nodes = {n["id"]: (n["type"], n.get("widgets_values"), n.get("mode", 0)) for n in graph["nodes"]}
     return {"nodes": nodes, "links": sorted(tuple(link[:6]) for link in graph["links"])}
@@ -225,7 +235,11 @@ def _graph_essentials(graph: dict) -> dict:
 def test_a_video_queued_from_the_page_brings_its_workflow_back_when_dropped(page, tiny_comfyui):
     """Share a workflow as a file: queue it from the page, then drop the mp4 it saved onto the
     page (its own file drop): the same graph with the same widget values comes back."""
-    workflow = shrink_ui("pyramid_flow_t2v_384p", tiny_comfyui.object_info(), seed=31)
+    object_info = tiny_comfyui.object_info()
+    workflow = shrink_ui("pyramid_flow_t2v_384p", object_info, seed=31)
+    # inputs no other test gives the DiT Loader, so that it runs here instead of coming from
+    # ComfyUI's cache (a cached node reports nothing to the page)
+    set_widget_values(workflow, 2, {"offload": "offload_after_use"}, object_info)
     known = set(tiny_comfyui.get_json("/history"))
     before = page.evaluate(QUEUE_JS, workflow)
     deadline = time.monotonic() + 240
@@ -234,6 +248,11 @@ def test_a_video_queued_from_the_page_brings_its_workflow_back_when_dropped(page
     assert new, "the queued prompt did not finish"
     entry = tiny_comfyui.wait(new.pop(), timeout=240)
     assert entry["status"]["status_str"] == "success", entry["status"]
+    # The DiT Loader says on the node which variant it chose and why (not a saved widget value).
+    shown = page.evaluate(INFO_JS, 2)
+    assert shown.startswith("variant miniflux-384p: the tensors are flux"), shown
+    after = page.evaluate("() => app.graph.serialize()")
+    assert _graph_essentials(after)["nodes"][2] == _graph_essentials(before)["nodes"][2]
     video = next(f for f in output_files(entry) if f["filename"].endswith(".mp4"))
     url = "/view?" + urlencode({"filename": video["filename"], "subfolder": video["subfolder"], "type": "output"})
     restored = page.evaluate(DROP_JS, {"url": url, "name": video["filename"]})

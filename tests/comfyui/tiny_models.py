@@ -84,3 +84,28 @@ def build_tiny_comfy_clip():
     return clip, (clip_pair, t5_pair)
 
 
+
+
+# The older wrapper's fp8 files keep these in bf16 (its loader's params_to_keep) and store
+# every other tensor, the Linear weights, as fp8 e4m3fn.
+KEEP_IN_BF16 = ("pos_embedding", "norm_k", "norm_q", "norm_v", "norm_added_k", "norm_added_q", "bias")
+
+
+def write_community_dit(models_dir, name: str, storage: str) -> "Path":
+    """The tiny miniFLUX as the community single files store it: no config in the file, all
+    bf16 (``storage="bf16"``), or fp8 e4m3fn Linear weights beside bf16 norms and biases."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file, save_file
+
+    from tiny_checkpoints import GOLDEN
+
+    tensors = load_file(str(GOLDEN / "weights_flux_tiny.safetensors"))
+    converted = {}
+    for key, value in tensors.items():
+        fp8 = storage == "fp8_e4m3fn" and value.ndim == 2 and not any(k in key for k in KEEP_IN_BF16)
+        converted[key] = value.to(torch.float8_e4m3fn if fp8 else torch.bfloat16).contiguous()
+    target = Path(models_dir) / "diffusion_models" / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    save_file(converted, str(target))
+    return target

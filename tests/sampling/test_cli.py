@@ -88,6 +88,28 @@ def test_cli_t2v_then_continue_then_i2v(checkpoints, tmp_path):
     assert read_video(i2v)[0].shape == (9, 64, 128, 3)
 
 
+def test_cli_text_to_image_with_the_image_model(checkpoints, tmp_path, capsys):
+    """The 1024p image checkpoint (here the tiny miniFLUX in the official image folder): one
+    frame, written as a png; asked for a video it says what to change."""
+    official, _ = checkpoints
+    release = tmp_path / "pyramid-flow-miniflux"
+    release.mkdir()
+    for name in ("causal_video_vae", "tokenizer", "text_encoder", "tokenizer_2", "text_encoder_2"):
+        (release / name).symlink_to(official / name, target_is_directory=True)
+    (release / "diffusion_transformer_image").symlink_to(official / "diffusion_transformer_384p",
+                                                         target_is_directory=True)
+    image = tmp_path / "cat.png"
+    assert main(["generate", "t2v", "--model-dir", str(release), "--variant", "miniflux-image", "--frames", "1",
+                 "--output", str(image), *COMMON]) == 0
+    assert "variant miniflux-image: chosen on the node" in capsys.readouterr().err
+    from pyramid_core.video_io import read_image
+
+    assert read_image(image).shape == (64, 128, 3)
+    assert main(["generate", "t2v", "--model-dir", str(release), "--variant", "miniflux-image", "--frames", "9",
+                 *COMMON]) == 2
+    assert "miniflux-image makes single images: ask for --frames 1" in capsys.readouterr().err
+
+
 def test_cli_reports_bad_input_before_loading_models(tmp_path, capsys):
     missing = ["generate", "t2v", "--model-dir", str(tmp_path / "nothing"), "--output", str(tmp_path / "x.mp4")]
     cases = [(["--frames", "10"], "1 + 8k"), (["--width", "100", "--height", "64"], "multiple of 64"),

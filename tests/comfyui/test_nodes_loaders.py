@@ -1,0 +1,121 @@
+"""The files users already have load through the loader nodes and pick their variant unasked.
+
+Tiny stand-ins under the names and with the dtype mix of the community single files (the
+older wrapper's, huggingface.co/Kijai/pyramid-flow-comfy), of the official release's
+folders, and of the VAE files; each DiT Loader run says which variant it chose and why.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tiny_models, next to this file
+from tiny_models import (  # noqa: E402
+    KEEP_IN_BF16, load_api_workflow, shrink, write_community_dit, write_tiny_dit, write_tiny_vae,
+)
+from tiny_checkpoints import GOLDEN  # noqa: E402
+
+from pyramid_core.loading import load_dit  # noqa: E402
+
+COMMUNITY_DITS = [
+    ("pyramid_flow_miniflux_bf16_v2.safetensors", "bf16", "miniflux-384p"),
+    ("pyramid_flow_miniflux_bf16_v1.safetensors", "bf16", "miniflux-384p"),
+    ("pyramid_flow_miniflux_768_bf16.safetensors", "bf16", "miniflux-768p"),
+    ("pyramid_flow_miniflux_fp8_e4m3fn_v2.safetensors", "fp8_e4m3fn", "miniflux-384p"),
+    ("pyramid_flow_miniflux_768_fp8_e4m3fn.safetensors", "fp8_e4m3fn", "miniflux-768p"),
+]
+
+
+def _loader_text(entry: dict, node: str = "2") -> str:
+    return "\n".join(entry["outputs"][node]["text"])
+
+
+def _t2v_with(dit_name: str, precision: str = "fp32", variant: str = "auto", seed: int = 3) -> dict:
+    prompt = shrink(load_api_workflow("pyramid_flow_t2v_384p"), seed=seed)
+    prompt["2"]["inputs"].update(dit_name=dit_name, precision=precision, variant=variant)
+    return prompt
+
+
+@pytest.mark.parametrize("name, storage, expected", COMMUNITY_DITS)
+def test_community_dit_files_load_and_pick_their_variant(tiny_comfyui, name, storage, expected):
+    write_community_dit(tiny_comfyui.models_dir, name, storage)
+    for precision in ("fp32", "fp8_e4m3fn"):
+        entry = tiny_comfyui.run(_t2v_with(name, precision), timeout=240)
+        text = _loader_text(entry)
+        assert text.startswith(f"variant {expected}: the tensors are flux; the name '{name}'"), text
+
+
+def test_an_fp8_file_loads_its_own_values():
+    """The fp8 Linear weights are upcast exactly; the bf16 norms and biases stay as stored."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = write_community_dit(folder, "pyramid_flow_miniflux_fp8_e4m3fn_v2.safetensors", "fp8_e4m3fn")
+        stored = load_file(str(path))
+        assert {t.dtype for t in stored.values()} == {torch.float8_e4m3fn, torch.bfloat16}
+        assert all(stored[k].dtype == torch.bfloat16 for k in stored if any(w in k for w in KEEP_IN_BF16))
+        model = load_dit(path, dtype="fp32")
+        loaded = model.state_dict()
+        assert all(torch.equal(loaded[k], stored[k].float()) for k in stored)
+        kept = load_dit(path, dtype="bf16", weight_dtype="fp8_e4m3fn").state_dict()
+        assert all(torch.equal(kept[k].float(), stored[k].float()) for k in stored)
+
+
+def test_an_override_wins_over_the_name_and_is_shown(tiny_comfyui):
+    write_tiny_dit(tiny_comfyui.models_dir, "pyramid_flow_miniflux_768_bf16_override.safetensors")
+    entry = tiny_comfyui.run(_t2v_with("pyramid_flow_miniflux_768_bf16_override.safetensors",
+                                       variant="miniflux-384p", seed=4), timeout=240)
+    assert _loader_text(entry).startswith("variant miniflux-384p: chosen on the node, overriding miniflux-768p")
+    assert "variant miniflux-384p: chosen on the node, overriding miniflux-768p" in tiny_comfyui.log_text()
+
+
+def test_official_folders_pick_their_variant(tiny_comfyui):
+    root = tiny_comfyui.models_dir / "diffusion_models" / "pyramid-flow-sd3"
+    (root / "diffusion_transformer_384p").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(GOLDEN / "weights_mmdit_tiny.safetensors",
+                    root / "diffusion_transformer_384p" / "diffusion_pytorch_model.safetensors")
+    shutil.copyfile(GOLDEN / "config_mmdit_tiny.json", root / "diffusion_transformer_384p" / "config.json")
+    prompt = {"2": {"class_type": "PyramidFlowDiTLoader", "inputs": {
+        "dit_name": "pyramid-flow-sd3/diffusion_transformer_384p", "precision": "fp32", "variant": "auto",
+        "offload": "auto"}}, "9": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}}}
+    message = _loader_text(tiny_comfyui.run(prompt, timeout=120))
+    assert message == ("variant sd3-384p: the tensors are mmdit; the name "
+                       "'pyramid-flow-sd3/diffusion_transformer_384p' contains '384'")
+
+
+def _vae_decode_prompt(vae_name: str) -> dict:
+    return {
+        "1": {"class_type": "PyramidFlowVAELoader", "inputs": {"vae_name": vae_name, "precision": "fp32"}},
+        "2": {"class_type": "PyramidFlowEmptyLatent", "inputs": {
+            "width": 128, "height": 64, "length": 9, "seconds": 0.0, "batch_size": 1}},
+        "3": {"class_type": "PyramidFlowVAEDecode",
+              "inputs": {"vae": ["1", 0], "samples": ["2", 0], "chunk_size": 1, "tile_size": 0}},
+        "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}},
+    }
+
+
+def test_vae_files_load_as_users_keep_them(tiny_comfyui):
+    """The community bf16/fp32 single files and the official causal_video_vae folder with its
+    diffusion_pytorch_model.bin (read with torch.load(weights_only=True)) load and decode."""
+    vae_dir = tiny_comfyui.models_dir / "vae"
+    write_tiny_vae(tiny_comfyui.models_dir, "pyramid_flow_vae_fp32.safetensors")
+    bf16 = write_tiny_vae(tiny_comfyui.models_dir, "pyramid_flow_vae_bf16.safetensors")
+    with safe_open(str(bf16), framework="pt") as f:   # keep the config metadata, store the weights in bf16
+        metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    save_file({k: v.to(torch.bfloat16) for k, v in tensors.items()}, str(bf16), metadata=metadata)
+    assert {t.dtype for t in load_file(str(bf16)).values()} == {torch.bfloat16}
+    official = vae_dir / "pyramid-flow-miniflux" / "causal_video_vae"
+    official.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(GOLDEN / "config_vae_tiny.json", official / "config.json")
+    torch.save(load_file(str(GOLDEN / "weights_vae_tiny.safetensors")), official / "diffusion_pytorch_model.bin")
+    for name in ("pyramid_flow_vae_fp32.safetensors", "pyramid_flow_vae_bf16.safetensors",
+                 "pyramid-flow-miniflux/causal_video_vae"):
+        entry = tiny_comfyui.run(_vae_decode_prompt(name), timeout=120)
+        assert entry["status"]["status_str"] == "success", name
