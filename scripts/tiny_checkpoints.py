@@ -135,7 +135,8 @@ TINY_TEXT_ENCODERS = "pyramid-flow-tiny"
 WIDTH, HEIGHT, FRAMES = 128, 64, 9          # 2 latent frames: the first frame and one video unit
 MODEL_FILES = {                              # file names the workflows expect -> tiny stand-in
     "diffusion_models": {"pyramid_flow_miniflux_384p.safetensors": "flux",
-                         "pyramid_flow_miniflux_768p.safetensors": "flux"},
+                         "pyramid_flow_miniflux_768p.safetensors": "flux",
+                         "pyramid_flow_miniflux_image.safetensors": "flux"},
     "vae": {"pyramid_flow_causal_video_vae.safetensors": "vae"},
 }
 
@@ -183,7 +184,7 @@ def load_ui_workflow(name: str) -> dict:
 def _stand_in_edits(prompt: dict, seed: int) -> dict[str, tuple[str | None, dict]]:
     """``{node id: (new class_type or None, {input: value})}``: what makes a shipped workflow run
     on the stand-ins, quickly: the tiny text encoders, fp32 models, 128x64 px, 9 frames (a
-    continuation: a 9-frame clip continued to 17), 1-2 steps. Read from the API-format twin;
+    continuation: a 9-frame clip continued to 17; an image: 1), 1-2 steps. Read from the API-format twin;
     applied to it by :func:`shrink` and to the UI-format file by :func:`shrink_ui`."""
     continuation = any(node["class_type"] == "ImageFromBatch" for node in prompt.values())
     edits: dict[str, tuple[str | None, dict]] = {}
@@ -193,8 +194,8 @@ def _stand_in_edits(prompt: dict, seed: int) -> dict[str, tuple[str | None, dict
             edits[node_id] = ("PyramidFlowTextEncoderLoader", {"folder": TINY_TEXT_ENCODERS, "precision": "fp32"})
         elif kind in ("PyramidFlowDiTLoader", "PyramidFlowVAELoader"):
             edits[node_id] = (None, {"precision": "fp32"})
-        elif kind == "PyramidFlowEmptyLatent":
-            length = 2 * FRAMES - 1 if continuation else FRAMES
+        elif kind == "PyramidFlowEmptyLatent":       # an image stays one frame
+            length = 1 if inputs["length"] == 1 else 2 * FRAMES - 1 if continuation else FRAMES
             edits[node_id] = (None, dict(width=WIDTH, height=HEIGHT, length=length))
         elif kind == "ImageScale":
             edits[node_id] = (None, dict(width=WIDTH, height=HEIGHT))

@@ -55,11 +55,12 @@ def test_every_workflow_runs_and_a_failure_shows_in_the_table_and_exit_code(tmp_
     assert code == 1
     assert servers[0].extra_args == ("--preview-method", "auto")
     rows = [line.split()[:2] for line in table.splitlines()[1:] if line.strip() and " workflows failed" not in line]
-    assert {name for name, _ in rows} == {"continue_384p", "i2v_384p", "t2v_384p", "t2v_768p", "t2v_per_stage"}
-    assert dict(rows)["i2v_384p"] == "FAILED" and list(dict(rows).values()).count("ok") == 4
+    assert {name for name, _ in rows} == {"continue_384p", "i2v_384p", "t2i_1024p", "t2v_384p", "t2v_768p",
+                                          "t2v_per_stage"}
+    assert dict(rows)["i2v_384p"] == "FAILED" and list(dict(rows).values()).count("ok") == 5
     assert "a stand-in failure" in table and "more lines" not in table
-    assert "1 of 5 workflows failed: i2v_384p" in out
-    assert len(list((tmp_path / "out").glob("*.mp4"))) == 4
+    assert "1 of 6 workflows failed: i2v_384p" in out
+    assert len(list((tmp_path / "out").glob("*.mp4"))) == 5
 
 
 def test_all_ok_exits_zero(tmp_path, monkeypatch):
