@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from .conditioning import PyramidFlowTextEncode
+from .conditioning import PyramidFlowGuidanceSchedule, PyramidFlowPromptSchedule, PyramidFlowTextEncode
 from .history import PyramidFlowHistory
 from .latents import PyramidFlowEmptyLatent
 from .loaders import PyramidFlowDiTLoader, PyramidFlowLoraLoader, PyramidFlowTextEncoderLoader, PyramidFlowVAELoader
@@ -22,6 +22,8 @@ NODES: list[type[io.ComfyNode]] = [
     PyramidFlowTextEncoderLoader,
     PyramidFlowLoraLoader,
     PyramidFlowTextEncode,
+    PyramidFlowPromptSchedule,
+    PyramidFlowGuidanceSchedule,
     PyramidFlowEmptyLatent,
     PyramidFlowSampler,
     PyramidFlowStageSampler,

@@ -29,6 +29,7 @@ VAEType = io.Custom("PYRAMID_VAE")
 TextEncoderType = io.Custom("PYRAMID_TEXT_ENCODER")
 ConditioningType = io.Custom("PYRAMID_CONDITIONING")
 HistoryType = io.Custom("PYRAMID_HISTORY")
+GuidanceScheduleType = io.Custom("PYRAMID_GUIDANCE_SCHEDULE")
 
 OFFLOAD_MODES = ("auto", "offload_after_use", "keep_on_gpu")
 OFFLOAD_TOOLTIP = ("Where the weights live between uses. auto: ComfyUI keeps them on the GPU and moves them to "

@@ -13,9 +13,10 @@ import torch
 from comfy_api.latest import io
 
 from ..pyramid_core.models.text_encoders import CLIP_MAX_LENGTH, T5_MAX_LENGTH, PromptEmbeddings
-from ..pyramid_core.sampling import encode_text
+from ..pyramid_core.sampling import (ConstantGuidance, GuidanceByTime, LinearGuidance, TextConditioning,
+                                     encode_prompt_schedule, encode_text)
 from ..pyramid_core.variants import DEFAULT_NEGATIVE_PROMPT, PROMPT_SUFFIX
-from ._runtime import ConditioningType, TextEncoderType, model_on_device
+from ._runtime import ConditioningType, GuidanceScheduleType, TextEncoderType, model_on_device
 
 CATEGORY = "PyramidFlow/conditioning"
 
@@ -80,11 +81,17 @@ class _HandleEncoder:
             return encoder.encode_prompt(prompts)
 
 
-def _to_intermediate(embeddings: PromptEmbeddings) -> PromptEmbeddings:
+def _to_intermediate(text: TextConditioning) -> TextConditioning:
+    """The conditioning on ComfyUI's intermediate device, where node outputs wait."""
     import comfy.model_management
 
     device = comfy.model_management.intermediate_device()
-    return PromptEmbeddings(*(t.to(device) for t in embeddings))
+
+    def move(embeddings: PromptEmbeddings) -> PromptEmbeddings:
+        return PromptEmbeddings(*(t.to(device) for t in embeddings))
+
+    return TextConditioning(move(text.positive), move(text.negative),
+                            tuple((line, move(embeddings)) for line, embeddings in text.timeline))
 
 
 class PyramidFlowTextEncode(io.ComfyNode):
@@ -105,11 +112,7 @@ class PyramidFlowTextEncode(io.ComfyNode):
                 io.String.Input("prompt_suffix", default=PROMPT_SUFFIX,
                                 tooltip="Appended to the prompt (not the negative prompt), as the reference does. "
                                         "Clear it to encode the prompt exactly as written."),
-                io.Clip.Input("clip", optional=True,
-                              tooltip="t5xxl + clip_l from the core DualCLIPLoader (type flux) for miniFLUX, or the "
-                                      "TripleCLIPLoader (sd3) for SD3. Its settings are not changed."),
-                TextEncoderType.Input("text_encoder", optional=True,
-                                      tooltip="Or the official text encoders from the Pyramid Flow Text Encoder Loader."),
+                *_encoder_inputs(),
             ],
             outputs=[ConditioningType.Output(display_name="conditioning")],
         )
@@ -117,9 +120,96 @@ class PyramidFlowTextEncode(io.ComfyNode):
     @classmethod
     def execute(cls, prompt: str, negative_prompt: str, prompt_suffix: str, clip=None,
                 text_encoder=None) -> io.NodeOutput:
-        if (clip is None) == (text_encoder is None):
-            raise ValueError("connect exactly one of clip (DualCLIPLoader, type flux) or text_encoder "
-                             "(Pyramid Flow Text Encoder Loader)")
-        encoder = ComfyClipPromptEncoder(clip) if clip is not None else _HandleEncoder(text_encoder)
-        text = encode_text(encoder, prompt, negative_prompt, prompt_suffix)
-        return io.NodeOutput(type(text)(_to_intermediate(text.positive), _to_intermediate(text.negative)))
+        text = encode_text(_prompt_encoder(clip, text_encoder), prompt, negative_prompt, prompt_suffix)
+        return io.NodeOutput(_to_intermediate(text))
+
+
+class PyramidFlowPromptSchedule(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PyramidFlowPromptSchedule",
+            display_name="Pyramid Flow Prompt Schedule",
+            category=CATEGORY,
+            description="A prompt that changes over the video: one '<seconds>: <prompt>' per line, from 0s on. Each "
+                        "temporal unit follows the prompt in force at its first frame; the negative prompt stays one.",
+            inputs=[
+                io.String.Input("schedule", multiline=True,
+                                default="0s: a red fox walks through the snow\n4s: the fox starts to run",
+                                tooltip="One line per prompt: '<seconds>: <prompt>', the first at 0s, times rising. "
+                                        "Units start every 1/3 s (8 frames at 24 fps)."),
+                io.String.Input("negative_prompt", multiline=True, default=DEFAULT_NEGATIVE_PROMPT,
+                                tooltip="One negative prompt for the whole video (the reference's default)."),
+                io.String.Input("prompt_suffix", default=PROMPT_SUFFIX,
+                                tooltip="Appended to every prompt of the schedule, as the reference does."),
+                *_encoder_inputs(),
+            ],
+            outputs=[ConditioningType.Output(display_name="conditioning")],
+        )
+
+    @classmethod
+    def execute(cls, schedule: str, negative_prompt: str, prompt_suffix: str, clip=None,
+                text_encoder=None) -> io.NodeOutput:
+        text = encode_prompt_schedule(_prompt_encoder(clip, text_encoder), schedule, negative_prompt, prompt_suffix)
+        return io.NodeOutput(_to_intermediate(text))
+
+
+class PyramidFlowGuidanceSchedule(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PyramidFlowGuidanceSchedule",
+            display_name="Pyramid Flow Guidance Schedule",
+            category=CATEGORY,
+            description="Guidance over the video, one scale per temporal unit for the first frame and the video "
+                        "units alike; connect it to a Video Sampler or Unit Sampler (it replaces their scales).",
+            inputs=[
+                io.Combo.Input("mode", options=list(GUIDANCE_MODES), default="linear decay",
+                               tooltip="linear decay: the reference's use_linear_guidance, max(guidance_scale - "
+                                       "alpha x unit, min_guidance_scale) for unit 0 (the first frame), 1, 2, ... "
+                                       "constant: guidance_scale for every unit. by time: the 'by_time' lines."),
+                io.Float.Input("guidance_scale", default=7.0, min=0.0, max=30.0, step=0.1,
+                               tooltip="The first unit's scale (linear decay), or every unit's (constant). "
+                                       "7 as the reference's default."),
+                io.Float.Input("alpha", default=0.5, min=0.0, max=10.0, step=0.05,
+                               tooltip="Decrease per unit of linear decay (the reference's default 0.5)."),
+                io.Float.Input("min_guidance_scale", default=2.0, min=0.0, max=30.0, step=0.1,
+                               tooltip="Linear decay stops here (the reference's default 2.0)."),
+                io.String.Input("by_time", multiline=True, default="0s: 7\n2s: 5\n4s: 4",
+                                tooltip="For mode 'by time': '<seconds>: <scale>' per line, the first at 0s; each "
+                                        "unit takes the scale in force at its first frame."),
+            ],
+            outputs=[GuidanceScheduleType.Output(display_name="guidance_schedule")],
+        )
+
+    @classmethod
+    def execute(cls, mode: str, guidance_scale: float, alpha: float, min_guidance_scale: float,
+                by_time: str) -> io.NodeOutput:
+        if mode not in GUIDANCE_MODES:
+            raise ValueError(f"mode={mode!r}: choose one of {', '.join(GUIDANCE_MODES)}")
+        if mode == "linear decay":
+            return io.NodeOutput(LinearGuidance(guidance_scale, alpha, min_guidance_scale))
+        if mode == "constant":
+            return io.NodeOutput(ConstantGuidance(guidance_scale))
+        return io.NodeOutput(GuidanceByTime.from_text(by_time))
+
+
+GUIDANCE_MODES = ("linear decay", "constant", "by time")
+
+
+def _encoder_inputs() -> list:
+    return [
+        io.Clip.Input("clip", optional=True,
+                      tooltip="t5xxl + clip_l from the core DualCLIPLoader (type flux) for miniFLUX, or the "
+                              "TripleCLIPLoader (sd3) for SD3. Its settings are not changed."),
+        TextEncoderType.Input("text_encoder", optional=True,
+                              tooltip="Or the official text encoders from the Pyramid Flow Text Encoder Loader."),
+    ]
+
+
+def _prompt_encoder(clip, text_encoder):
+    """What encodes the prompts: the core CLIP or the pack's text encoder handle (exactly one)."""
+    if (clip is None) == (text_encoder is None):
+        raise ValueError("connect exactly one of clip (DualCLIPLoader, type flux) or text_encoder "
+                         "(Pyramid Flow Text Encoder Loader)")
+    return ComfyClipPromptEncoder(clip) if clip is not None else _HandleEncoder(text_encoder)

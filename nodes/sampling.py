@@ -24,8 +24,10 @@ from comfy_api.latest import io
 
 from ..pyramid_core.latents import denormalize_latents, normalize_latents
 from ..pyramid_core.sampling import (
+    GuidanceSchedule,
     HistoryConfig,
     SamplingSettings,
+    TextConditioning,
     UnitSettings,
     build_temporal_history,
     denoise_stage,
@@ -36,11 +38,12 @@ from ..pyramid_core.sampling import (
     sample_unit,
     sample_video,
 )
+from ..pyramid_core.sampling.timeline import unit_start_seconds
 from ..pyramid_core.scheduling import PyramidFlowScheduler
 from ..pyramid_core.sizes import check_video_size
 from ..pyramid_core.variants import VAE_SPATIAL_FACTOR, Variant
-from ._runtime import (ConditioningType, DiTType, HistoryType, check_memory_for, execution_device,
-                       model_on_device, step_callback)
+from ._runtime import (ConditioningType, DiTType, GuidanceScheduleType, HistoryType, check_memory_for,
+                       execution_device, model_on_device, step_callback)
 from .history import RNG_KEY, PastVideo
 
 CATEGORY = "PyramidFlow/sampling"
@@ -108,6 +111,13 @@ def _start_unit(dit, target: torch.Tensor, history: Optional[PastVideo], seed: i
                 clips=build_temporal_history(past_model, num_stages, variant.frame_per_unit, config))
 
 
+def _unit_text(conditioning: TextConditioning, start: int, total: int) -> TextConditioning:
+    """The prompt in force at the first frame of the unit starting at latent frame ``start``, after
+    checking that a prompt schedule fits a video of ``total`` latent frames."""
+    conditioning.check_fits(total)
+    return conditioning.at(unit_start_seconds(start))
+
+
 def _finish_unit(latents: torch.Tensor, variant: Variant, start: int, past: Optional[torch.Tensor],
                  generator: torch.Generator) -> dict:
     unit = denormalize_latents(latents.float(), variant, start).to(comfy.model_management.intermediate_device())
@@ -120,6 +130,13 @@ def _common_inputs() -> list:
         DiTType.Input("dit", tooltip="The Pyramid Flow DiT."),
         ConditioningType.Input("conditioning", tooltip="Prompt and negative prompt from Pyramid Flow Text Encode."),
     ]
+
+
+def _guidance_schedule_input():
+    return GuidanceScheduleType.Input(
+        "guidance_schedule", optional=True,
+        tooltip="Guidance that changes over the video (Pyramid Flow Guidance Schedule); it replaces the guidance "
+                "scales above, one scale per unit.")
 
 
 def _seed_input(tooltip: str):
@@ -171,9 +188,11 @@ class PyramidFlowStageSampler(io.ComfyNode):
         variant: Variant = dit.variant
         state = latent.get(STATE_KEY)
         if state is None:                                   # first stage of a new unit
-            unit = _start_unit(dit, _target_latent(latent, variant), history, seed)
+            target = _target_latent(latent, variant)
+            unit = _start_unit(dit, target, history, seed)
             stage, samples = 0, unit.pop("noise")
-            state = dict(variant=variant.name, start=unit["start"], past=unit["past"], clips=unit["clips"])
+            state = dict(variant=variant.name, start=unit["start"], past=unit["past"], clips=unit["clips"],
+                         total=target.shape[2])
             rng = unit["generator"].get_state()
         else:
             if state["done"]:
@@ -185,7 +204,8 @@ class PyramidFlowStageSampler(io.ComfyNode):
         callback = step_callback(steps)
         scheduler = PyramidFlowScheduler.from_variant(variant)
         with model_on_device(dit) as model:
-            result = denoise_stage(model, samples.to(execution_device(dit)), conditioning, scheduler, stage, steps,
+            text = _unit_text(conditioning, state["start"], state["total"])
+            result = denoise_stage(model, samples.to(execution_device(dit)), text, scheduler, stage, steps,
                                    guidance_scale, state["clips"].clips[stage], callback=callback)
         if stage == variant.num_stages - 1:
             return io.NodeOutput(_finish_unit(result, variant, state["start"], state["past"], _generator(0, rng)))
@@ -251,21 +271,28 @@ class PyramidFlowUnitSampler(io.ComfyNode):
                             "the first unit to get the Video Sampler's video."),
                 HistoryType.Input("history", optional=True,
                                   tooltip="The video so far; without it this unit is the first frame."),
+                _guidance_schedule_input(),
             ],
             outputs=[io.Latent.Output()],
         )
 
     @classmethod
     def execute(cls, dit, conditioning, latent: dict, steps_stage1: int, steps_stage2: int, steps_stage3: int,
-                guidance_scale: float, seed: int, history: Optional[PastVideo] = None) -> io.NodeOutput:
+                guidance_scale: float, seed: int, history: Optional[PastVideo] = None,
+                guidance_schedule: Optional[GuidanceSchedule] = None) -> io.NodeOutput:
         variant: Variant = dit.variant
-        settings = UnitSettings.create((steps_stage1, steps_stage2, steps_stage3), guidance_scale, variant.num_stages)
-        unit = _start_unit(dit, _target_latent(latent, variant), history, seed)
+        own = UnitSettings.create((steps_stage1, steps_stage2, steps_stage3), guidance_scale, variant.num_stages)
+        target = _target_latent(latent, variant)
+        unit = _start_unit(dit, target, history, seed)
+        if guidance_schedule is not None:
+            guidance_schedule.check_fits(target.shape[2])
+        settings = SamplingSettings(own, own, guidance_schedule).for_unit(unit["start"], variant.frame_per_unit)
+        text = _unit_text(conditioning, unit["start"], target.shape[2])
         callback = step_callback(settings.total_steps)
         scheduler = PyramidFlowScheduler.from_variant(variant)
         device = execution_device(dit)
         with model_on_device(dit) as model:
-            result = sample_unit(model, unit["noise"].to(device), conditioning, scheduler, settings, unit["clips"],
+            result = sample_unit(model, unit["noise"].to(device), text, scheduler, settings, unit["clips"],
                                  block_noise=generator_block_noise(scheduler.gamma, unit["generator"], device=device),
                                  callback=callback)
         return io.NodeOutput(_finish_unit(result, variant, unit["start"], unit["past"], unit["generator"]))
@@ -298,6 +325,7 @@ class PyramidFlowSampler(io.ComfyNode):
                 io.Latent.Input("start", optional=True,
                                 tooltip="VAE Encode of an image (image-to-video) or of a clip (continuation): the video "
                                         "starts with these frames."),
+                _guidance_schedule_input(),
             ],
             outputs=[io.Latent.Output()],
         )
@@ -306,20 +334,23 @@ class PyramidFlowSampler(io.ComfyNode):
     def execute(cls, dit, conditioning, latent: dict, first_frame_steps_stage1: int, first_frame_steps_stage2: int,
                 first_frame_steps_stage3: int, video_steps_stage1: int, video_steps_stage2: int,
                 video_steps_stage3: int, guidance_scale: float, video_guidance_scale: float, seed: int,
-                history_recent_units: int, history_max_frames: int, start: Optional[dict] = None) -> io.NodeOutput:
+                history_recent_units: int, history_max_frames: int, start: Optional[dict] = None,
+                guidance_schedule: Optional[GuidanceSchedule] = None) -> io.NodeOutput:
         variant: Variant = dit.variant
         target = _target_latent(latent, variant)
         settings = SamplingSettings.create(
             variant.num_stages,
             (first_frame_steps_stage1, first_frame_steps_stage2, first_frame_steps_stage3),
-            (video_steps_stage1, video_steps_stage2, video_steps_stage3), guidance_scale, video_guidance_scale)
+            (video_steps_stage1, video_steps_stage2, video_steps_stage3), guidance_scale, video_guidance_scale,
+            guidance_schedule)
         history = HistoryConfig(recent_units=history_recent_units, max_frames=history_max_frames or None)
         context = _video_latent(start) if start is not None else None
         if context is not None and (context.shape[0] != target.shape[0] or context.shape[-2:] != target.shape[-2:]):
             raise ValueError(f"the start latent is {tuple(context.shape)} but the Empty Latent is "
                              f"{tuple(target.shape)}: give them the same width, height and batch")
         units = plan_units(0 if context is None else context.shape[2], target.shape[2], variant.frame_per_unit)
-        callback = step_callback(sum(settings.for_unit(u.first_frame).total_steps for u in units) or 1)
+        callback = step_callback(sum(settings.for_unit(u.start, variant.frame_per_unit).total_steps
+                                     for u in units) or 1)
         # The stream of sample_video (coarse noise of the whole video, then every transition), except
         # that a start made by our samplers continues their stream: a first frame from Stage Samplers
         # finished here is the video this sampler makes alone from the same seed.

@@ -98,6 +98,24 @@ def replace_node(workflow: dict, node_id: int, new_type: str, object_info: dict,
             link[4] = slot
 
 
+def add_missing_inputs(workflow: dict, object_info: dict) -> list[str]:
+    """Give every node the optional socket inputs its type gained since the file was saved
+    (in place), as the page would save them; returns ``node#id.input`` of each one added."""
+    added = []
+    for node in workflow["nodes"]:
+        info = object_info.get(node["type"])
+        if info is None:
+            continue
+        have = {inp["name"] for inp in node.get("inputs", [])}
+        for name, spec in _inputs(info):
+            if name in have or _is_widget(spec) or name not in info["input"].get("optional", {}):
+                continue
+            node.setdefault("inputs", []).append({"localized_name": name, "name": name, "shape": 7, "type": spec[0],
+                                                  "link": None, "optional": True})
+            added.append(f"{node['type']}#{node['id']}.{name}")
+    return added
+
+
 def _default(spec: list):
     options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
     if "default" in options:

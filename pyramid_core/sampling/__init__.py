@@ -14,15 +14,21 @@ them :func:`sample_video` with a different context.
 
 from ..noise import initial_noise
 from .conditioning import as_video_pixels, encode_frames, image_to_pixels
-from .guidance import TextConditioning, apply_guidance, check_guidance_scale, encode_text, guidance_enabled
+from .guidance import (TextConditioning, apply_guidance, check_guidance_scale, encode_prompt_schedule, encode_text,
+                       guidance_enabled)
 from .history import HistoryConfig, TemporalHistory, build_temporal_history, latent_pyramid
 from .pipelines import UnitPlan, continue_video, image_to_video, plan_units, sample_video, text_to_video
 from .progress import SamplingInterrupted, StepCallback, StepInfo, rebased_callback
+from .schedules import ConstantGuidance, GuidanceByTime, GuidanceSchedule, LinearGuidance
 from .settings import SamplingSettings, UnitSettings
 from .stages import BlockNoiseSource, compute_dtype, denoise_stage, enter_stage, generator_block_noise, sample_unit
 
 __all__ = [
     "BlockNoiseSource",
+    "ConstantGuidance",
+    "GuidanceByTime",
+    "GuidanceSchedule",
+    "LinearGuidance",
     "HistoryConfig",
     "SamplingInterrupted",
     "SamplingSettings",
@@ -40,6 +46,7 @@ __all__ = [
     "continue_video",
     "denoise_stage",
     "encode_frames",
+    "encode_prompt_schedule",
     "encode_text",
     "enter_stage",
     "generator_block_noise",

@@ -24,11 +24,13 @@ import torch
 
 from ..models.text_encoders import PromptEmbeddings
 from ..variants import DEFAULT_NEGATIVE_PROMPT, PROMPT_SUFFIX
+from .timeline import TimedLine, check_schedule_fits, in_force, parse_timed_lines
 
 __all__ = [
     "TextConditioning",
     "apply_guidance",
     "check_guidance_scale",
+    "encode_prompt_schedule",
     "encode_text",
     "guidance_enabled",
 ]
@@ -92,12 +94,23 @@ class TextConditioning:
     ``positive`` may hold one prompt per video in the batch, or one for all; ``negative``
     one row or as many rows as ``positive``. ``negative=None`` only works with guidance off.
     Text from any source fits: :func:`encode_text`, ComfyUI conditioning, recorded tensors.
+
+    ``timeline`` makes the prompt change over time (:func:`encode_prompt_schedule`): entries
+    ``(TimedLine, positive embeddings)`` from 0 s on, the first one being ``positive``; each
+    unit is conditioned on the entry in force at its first frame (:meth:`at`). The negative
+    prompt stays one.
     """
 
     positive: PromptEmbeddings
     negative: Optional[PromptEmbeddings] = None
+    timeline: tuple[tuple[TimedLine, PromptEmbeddings], ...] = ()
 
     def __post_init__(self):
+        if self.timeline:
+            entries = tuple((line, _check_embeddings(e, f"prompt at {line}")) for line, e in self.timeline)
+            if any(e.prompt_embeds.shape[2:] != self.positive.prompt_embeds.shape[2:] for _, e in entries):
+                raise ValueError("the prompts of a schedule come from different text encoders")
+            object.__setattr__(self, "timeline", entries)
         object.__setattr__(self, "positive", _check_embeddings(self.positive, "positive"))
         if self.negative is not None:
             negative = _check_embeddings(self.negative, "negative")
@@ -110,6 +123,17 @@ class TextConditioning:
     @property
     def batch_size(self) -> int:
         return self.positive.prompt_embeds.shape[0]
+
+    def at(self, seconds: float) -> "TextConditioning":
+        """The conditioning in force at ``seconds`` into the video (itself without a timeline)."""
+        if not self.timeline:
+            return self
+        positive = self.timeline[in_force(tuple(line for line, _ in self.timeline), seconds)][1]
+        return TextConditioning(positive, self.negative)
+
+    def check_fits(self, num_latent_frames: int) -> None:
+        """``ValueError`` naming a scheduled prompt that starts after the video's last frame."""
+        check_schedule_fits(tuple(line for line, _ in self.timeline), num_latent_frames, "prompt schedule")
 
     def model_inputs(
         self, batch: int, scale: float, dtype: torch.dtype, device: torch.device
@@ -158,3 +182,22 @@ def encode_text(
     positive = text_encoder.encode_prompt([p + prompt_suffix for p in prompts])
     negative = text_encoder.encode_prompt(negatives)
     return TextConditioning(PromptEmbeddings(*positive), PromptEmbeddings(*negative))
+
+
+def encode_prompt_schedule(
+    text_encoder,
+    schedule: str,
+    negative_prompt: Optional[str] = DEFAULT_NEGATIVE_PROMPT,
+    prompt_suffix: str = PROMPT_SUFFIX,
+) -> TextConditioning:
+    """Encode a prompt that changes over time, one ``<seconds>[s]: <prompt>`` per line
+    (:mod:`pyramid_core.sampling.timeline`), e.g. ``"0s: a red fox walks through snow\n4s: the
+    fox starts to run"``. Every prompt gets ``prompt_suffix``; the negative prompt is one.
+    ``ValueError`` naming the line for times that are not numbers, negative or unsorted.
+    """
+    lines = parse_timed_lines(schedule, "prompt schedule")
+    negatives = [negative_prompt if negative_prompt is not None else ""]
+    positives = PromptEmbeddings(*text_encoder.encode_prompt([line.value + prompt_suffix for line in lines]))
+    entries = tuple((line, PromptEmbeddings(*(t[i:i + 1] for t in positives))) for i, line in enumerate(lines))
+    negative = PromptEmbeddings(*text_encoder.encode_prompt(negatives))
+    return TextConditioning(entries[0][1], negative, entries)

@@ -41,7 +41,10 @@ from .conditioning import as_video_pixels, encode_frames
 from .guidance import TextConditioning, encode_text
 from .history import HistoryConfig, build_temporal_history
 from .progress import StepCallback, rebased_callback
-from .settings import DEFAULT_GUIDANCE, DEFAULT_STEPS, DEFAULT_VIDEO_GUIDANCE, DEFAULT_VIDEO_STEPS, PerStage, SamplingSettings
+from .schedules import GuidanceSchedule
+from .timeline import unit_start_seconds
+from .settings import (DEFAULT_GUIDANCE, DEFAULT_STEPS, DEFAULT_VIDEO_GUIDANCE, DEFAULT_VIDEO_STEPS, PerStage,
+                       SamplingSettings)
 from .stages import BlockNoiseSource, generator_block_noise, sample_unit
 
 __all__ = [
@@ -168,24 +171,23 @@ def sample_video(
     if block_noise is None:
         block_noise = generator_block_noise(scheduler.gamma, generator, device=device)
 
-    total_steps = sum(settings.for_unit(u.first_frame).total_steps for u in units)
+    if settings.guidance_schedule is not None:
+        settings.guidance_schedule.check_fits(num_latent_frames)
+    text.check_fits(num_latent_frames)
+    total_steps = sum(settings.for_unit(u.start, variant.frame_per_unit).total_steps for u in units)
     video = context.to(device=device, dtype=torch.float32) if context is not None else None
     done = 0
     for unit in units:
-        unit_settings = settings.for_unit(unit.first_frame)
+        unit_settings = settings.for_unit(unit.start, variant.frame_per_unit)
         unit_history = build_temporal_history(video, num_stages, variant.frame_per_unit, history)
         report = rebased_callback(callback, offset=done, total_steps=total_steps,
                                   unit_index=unit.index, num_units=len(units))
         unit_noise = noise[:, :, unit.start - context_frames:unit.stop - context_frames]
-        latents = sample_unit(dit, unit_noise, text, scheduler, unit_settings, unit_history,
-                              block_noise=block_noise, callback=report)
+        latents = sample_unit(dit, unit_noise, text.at(unit_start_seconds(unit.start)), scheduler, unit_settings,
+                              unit_history, block_noise=block_noise, callback=report)
         video = latents if video is None else torch.cat([video, latents], dim=2)
         done += unit_settings.total_steps
     return video
-
-
-def _settings(num_stages, steps, video_steps, guidance_scale, video_guidance_scale) -> SamplingSettings:
-    return SamplingSettings.create(num_stages, steps, video_steps, guidance_scale, video_guidance_scale)
 
 
 def text_to_video(
@@ -200,6 +202,7 @@ def text_to_video(
     video_steps: PerStage = DEFAULT_VIDEO_STEPS,
     guidance_scale: PerStage = DEFAULT_GUIDANCE,
     video_guidance_scale: PerStage = DEFAULT_VIDEO_GUIDANCE,
+    guidance_schedule: Optional[GuidanceSchedule] = None,
     history: HistoryConfig = HistoryConfig(),
     generator: Optional[torch.Generator] = None,
     noise: Optional[torch.Tensor] = None,
@@ -217,6 +220,8 @@ def text_to_video(
         num_frames: pixel frames, ``1 + 8k`` (1 = an image).
         steps, guidance_scale: first frame, per stage or one for all stages.
         video_steps, video_guidance_scale: later units.
+        guidance_schedule: one scale per unit instead of the two scales (e.g. the reference's
+            ``use_linear_guidance`` is ``LinearGuidance(guidance_scale)``).
         Other arguments: see :func:`sample_video`.
 
     Returns:
@@ -224,7 +229,8 @@ def text_to_video(
     """
     scheduler = scheduler or PyramidFlowScheduler.from_variant(_variant(variant))
     shape = latent_shape(width, height, num_frames)                              # 1. check inputs
-    settings = _settings(scheduler.num_stages, steps, video_steps, guidance_scale, video_guidance_scale)
+    settings = SamplingSettings.create(scheduler.num_stages, steps, video_steps, guidance_scale, video_guidance_scale,
+                                       guidance_schedule)
     text = _resolve_text(text, text_encoder)                                     # 2. encode prompt
     return sample_video(dit, text, context=None, num_latent_frames=shape[2], latent_size=shape[3:],
                         variant=variant, settings=settings, history=history, scheduler=scheduler,
@@ -257,6 +263,7 @@ def image_to_video(
     variant: Variant | str = "miniflux-384p",
     video_steps: PerStage = DEFAULT_VIDEO_STEPS,
     video_guidance_scale: PerStage = DEFAULT_VIDEO_GUIDANCE,
+    guidance_schedule: Optional[GuidanceSchedule] = None,
     history: HistoryConfig = HistoryConfig(),
     generator: Optional[torch.Generator] = None,
     noise: Optional[torch.Tensor] = None,
@@ -297,7 +304,7 @@ def image_to_video(
         pixel_hw = tuple(s * VAE_SPATIAL_FACTOR for s in image_latent.shape[-2:])
     _check_context_size(pixel_hw, width, height, "image")
     total = latent_frames(num_frames)
-    settings = SamplingSettings.video_only(scheduler.num_stages, video_steps, video_guidance_scale)
+    settings = SamplingSettings.video_only(scheduler.num_stages, video_steps, video_guidance_scale, guidance_schedule)
     text = _resolve_text(text, text_encoder)                                     # 2. encode prompt
     if image is not None:                                                        # 3. prepare latents
         image_latent = encode_frames(vae, image, variant, generator=generator, posterior_noise=posterior_noise)
@@ -318,6 +325,7 @@ def continue_video(
     variant: Variant | str = "miniflux-384p",
     video_steps: PerStage = DEFAULT_VIDEO_STEPS,
     video_guidance_scale: PerStage = DEFAULT_VIDEO_GUIDANCE,
+    guidance_schedule: Optional[GuidanceSchedule] = None,
     history: HistoryConfig = HistoryConfig(),
     sample_posterior: bool = False,
     generator: Optional[torch.Generator] = None,
@@ -359,7 +367,7 @@ def continue_video(
     if total <= given:
         raise ValueError(f"num_frames={num_frames} ({total} latent frames) does not extend the clip "
                          f"of {given} latent frames; ask for more frames")
-    settings = SamplingSettings.video_only(scheduler.num_stages, video_steps, video_guidance_scale)
+    settings = SamplingSettings.video_only(scheduler.num_stages, video_steps, video_guidance_scale, guidance_schedule)
     plan_units(given, total, variant.frame_per_unit)
     text = _resolve_text(text, text_encoder)                                     # 2. encode prompt
     if video is not None:                                                        # 3. prepare latents

@@ -10,9 +10,13 @@ Everything is checked here, before any model runs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 from .guidance import check_guidance_scale
+from .timeline import unit_in_video, unit_start_seconds
+
+if TYPE_CHECKING:
+    from .schedules import GuidanceSchedule
 
 __all__ = ["SamplingSettings", "UnitSettings", "per_stage"]
 
@@ -71,10 +75,15 @@ class UnitSettings:
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    """Settings of the first frame and of the video units."""
+    """Settings of the first frame and of the video units.
+
+    With a ``guidance_schedule`` (:mod:`pyramid_core.sampling.schedules`) every unit's guidance
+    comes from it, one scale for all of the unit's stages; the steps stay per kind of unit.
+    """
 
     first_frame: UnitSettings
     video: UnitSettings
+    guidance_schedule: Optional["GuidanceSchedule"] = None
 
     @classmethod
     def create(
@@ -84,18 +93,26 @@ class SamplingSettings:
         video_steps: PerStage = DEFAULT_VIDEO_STEPS,
         guidance_scale: PerStage = DEFAULT_GUIDANCE,
         video_guidance_scale: PerStage = DEFAULT_VIDEO_GUIDANCE,
+        guidance_schedule: Optional["GuidanceSchedule"] = None,
     ) -> "SamplingSettings":
         return cls(
             UnitSettings.create(steps, guidance_scale, num_stages, "steps", "guidance_scale"),
             UnitSettings.create(video_steps, video_guidance_scale, num_stages, "video_steps", "video_guidance_scale"),
+            guidance_schedule,
         )
 
     @classmethod
     def video_only(cls, num_stages: int = 3, video_steps: PerStage = DEFAULT_VIDEO_STEPS,
-                   video_guidance_scale: PerStage = DEFAULT_VIDEO_GUIDANCE) -> "SamplingSettings":
+                   video_guidance_scale: PerStage = DEFAULT_VIDEO_GUIDANCE,
+                   guidance_schedule: Optional["GuidanceSchedule"] = None) -> "SamplingSettings":
         """Settings of a video whose first frame is given (image-to-video, continuation)."""
         video = UnitSettings.create(video_steps, video_guidance_scale, num_stages, "video_steps", "video_guidance_scale")
-        return cls(video, video)
+        return cls(video, video, guidance_schedule)
 
-    def for_unit(self, first_frame: bool) -> UnitSettings:
-        return self.first_frame if first_frame else self.video
+    def for_unit(self, start_frame: int, frame_per_unit: int = 1) -> UnitSettings:
+        """Settings of the unit that starts at latent frame ``start_frame`` (0: the first frame)."""
+        base = self.first_frame if start_frame == 0 else self.video
+        if self.guidance_schedule is None:
+            return base
+        scale = self.guidance_schedule.scale(unit_in_video(start_frame, frame_per_unit), unit_start_seconds(start_frame))
+        return UnitSettings(base.steps, (check_guidance_scale(scale, "scheduled guidance"),) * base.num_stages)

@@ -13,7 +13,7 @@ from comfyui_harness import ComfyUIError, ComfyUIServer, output_files
 
 PACK_NODES = [
     "PyramidFlowDiTLoader", "PyramidFlowVAELoader", "PyramidFlowTextEncoderLoader", "PyramidFlowLoraLoader",
-    "PyramidFlowTextEncode", "PyramidFlowEmptyLatent", "PyramidFlowSampler", "PyramidFlowStageSampler",
+    "PyramidFlowTextEncode", "PyramidFlowPromptSchedule", "PyramidFlowGuidanceSchedule", "PyramidFlowEmptyLatent", "PyramidFlowSampler", "PyramidFlowStageSampler",
     "PyramidFlowStageTransition", "PyramidFlowUnitSampler", "PyramidFlowHistory", "PyramidFlowVAEEncode",
     "PyramidFlowVAEDecode",
 ]
