@@ -19,6 +19,7 @@ import comfy.utils
 import folder_paths
 from comfy_api.latest import io
 
+from ..pyramid_core.preview import BUILTIN_FACTORS, PreviewFactors, latent_preview_rgb
 from ..pyramid_core.sizes import check_latents_fit, check_sampler_fits
 from ..pyramid_core.variants import Variant
 
@@ -32,6 +33,7 @@ HistoryType = io.Custom("PYRAMID_HISTORY")
 GuidanceScheduleType = io.Custom("PYRAMID_GUIDANCE_SCHEDULE")
 
 OFFLOAD_MODES = ("auto", "offload_after_use", "keep_on_gpu")
+BUILTIN_PREVIEW = "built-in (Pyramid Flow VAE)"
 OFFLOAD_TOOLTIP = ("Where the weights live between uses. auto: ComfyUI keeps them on the GPU and moves them to "
                    "the CPU when another model needs the memory. offload_after_use: back to the CPU as soon as "
                    "a node is done with them (least VRAM). keep_on_gpu: never offloaded (fastest, most VRAM).")
@@ -61,6 +63,7 @@ class ModelHandle:
     patcher: comfy.model_patcher.ModelPatcher
     offload: str = "auto"
     variant: Variant | None = None     # DiTs only
+    preview: PreviewFactors | None = None   # DiTs only: latent preview colours (None: built in)
     family: str | None = None          # text encoders: "flux" or "mmdit"
 
     def clone(self) -> "ModelHandle":
@@ -167,27 +170,30 @@ def check_memory_for(shape: tuple[int, ...], sampler: bool = False) -> None:
 # progress, preview, interrupt
 # --------------------------------------------------------------------------------------
 
-_PREVIEW_FACTORS = None
-
-
-def _latent_rgb_factors() -> torch.Tensor:
-    """(16, 3) projection of a 16-channel latent to RGB (the SD3 VAE family's, from ComfyUI)."""
-    global _PREVIEW_FACTORS
-    if _PREVIEW_FACTORS is None:
-        import comfy.latent_formats
-
-        _PREVIEW_FACTORS = torch.tensor(comfy.latent_formats.SD3().latent_rgb_factors, dtype=torch.float32)
-    return _PREVIEW_FACTORS
-
-
-def latent_preview_image(latents: torch.Tensor):
-    """A cheap RGB picture of the last latent frame of the first video (PIL image)."""
+def latent_preview_image(latents: torch.Tensor, variant: Variant, first_frame: bool,
+                         factors: PreviewFactors = BUILTIN_FACTORS):
+    """An RGB picture of the last latent frame of the first video (PIL image), in the colours
+    of the Pyramid Flow VAE (see ``pyramid_core.preview``)."""
     from PIL import Image
 
-    frame = latents[0, :, -1].detach().to("cpu", torch.float32)                     # (C, h, w)
-    rgb = torch.einsum("chw,cr->hwr", frame, _latent_rgb_factors())                 # (h, w, 3)
-    pixels = ((rgb + 1) / 2).clamp(0, 1).mul(255).to(torch.uint8).numpy()
-    return Image.fromarray(pixels)
+    rgb = latent_preview_rgb(latents[0, :, -1], variant, first_frame, factors)      # (h, w, 3) in [0, 1]
+    return Image.fromarray(rgb.mul(255).to(torch.uint8).numpy())
+
+
+def preview_choices() -> list[str]:
+    """The built-in preview colours, then factor files (fit-preview's JSON) in models/vae."""
+    files = set()
+    for root in folder_paths.get_folder_paths("vae"):
+        if Path(root).is_dir():
+            files.update(p.relative_to(root).as_posix() for p in Path(root).rglob("*.json")
+                         if p.name != "config.json")
+    return [BUILTIN_PREVIEW, *sorted(files)]
+
+
+def load_preview_factors(choice: str) -> PreviewFactors:
+    if choice == BUILTIN_PREVIEW:
+        return BUILTIN_FACTORS
+    return PreviewFactors.load(resolve_model_path(("vae",), choice))
 
 
 def _previews_enabled() -> bool:
@@ -210,18 +216,24 @@ def piece_callback():
     return report
 
 
-def step_callback(total_steps: int):
+def step_callback(total_steps: int, dit: ModelHandle, start_frame: int | None = None):
     """The ``pyramid_core`` step callback of a sampling node.
 
     Every step: stop if the user pressed Cancel (the exception ends the prompt within
-    that step), then advance the node's progress bar with a preview of the current latent.
+    that step), then advance the node's progress bar with a preview of the current latent,
+    in the DiT handle's preview colours. ``start_frame`` is where the unit being sampled
+    starts (for one-unit nodes; the Video Sampler's reports say it themselves).
     """
     progress = comfy.utils.ProgressBar(total_steps)
     previews = _previews_enabled()
+    factors = dit.preview or BUILTIN_FACTORS
 
     def report(info) -> None:
         comfy.model_management.throw_exception_if_processing_interrupted()
-        preview = ("JPEG", latent_preview_image(info.latents), 512) if previews else None
+        preview = None
+        if previews:
+            first = (info.start_frame if start_frame is None else start_frame) == 0
+            preview = ("JPEG", latent_preview_image(info.latents, dit.variant, first, factors), 512)
         progress.update_absolute(info.step, info.total_steps, preview)
 
     return report

@@ -14,13 +14,16 @@ from ..pyramid_core.loading import load_dit, load_vae, model_kind
 from ..pyramid_core.models.text_encoders import PyramidTextEncoder, detect_text_encoder_family
 from ..pyramid_core.variants import VARIANTS, choose_variant
 from ._runtime import (
+    BUILTIN_PREVIEW,
     OFFLOAD_MODES,
     OFFLOAD_TOOLTIP,
     DiTType,
     TextEncoderType,
     VAEType,
+    load_preview_factors,
     make_handle,
     model_choices,
+    preview_choices,
     resolve_model_path,
     text_encoder_folders,
 )
@@ -50,18 +53,24 @@ class PyramidFlowDiTLoader(io.ComfyNode):
                                        "from the folder/file name (a miniFLUX name that says none: 384p; SD3: 768p). "
                                        "The node shows what it chose and why; pick one here to override."),
                 io.Combo.Input("offload", options=list(OFFLOAD_MODES), default="auto", tooltip=OFFLOAD_TOOLTIP),
+                io.Combo.Input("preview", options=preview_choices(), default=BUILTIN_PREVIEW, optional=True,
+                               tooltip="Colours of the samplers' latent previews: built in for the released VAE, or "
+                                       "a file made for your VAE by 'python -m pyramid_core fit-preview' and put in "
+                                       "models/vae."),
             ],
             outputs=[DiTType.Output(display_name="dit")],
         )
 
     @classmethod
-    def execute(cls, dit_name: str, precision: str, variant: str, offload: str) -> io.NodeOutput:
+    def execute(cls, dit_name: str, precision: str, variant: str, offload: str,
+                preview: str = BUILTIN_PREVIEW) -> io.NodeOutput:
+        factors = load_preview_factors(preview)             # a bad file is reported before the DiT loads
         path = resolve_model_path(("diffusion_models",), dit_name)
         compute, storage = ("bf16", "fp8_e4m3fn") if precision == "fp8_e4m3fn" else (precision, None)
         model = load_dit(path, dtype=compute, weight_dtype=storage)
         chosen, why = choose_variant(model_kind(model), dit_name, variant)
         log.info("Pyramid Flow DiT %s: variant %s", dit_name, why)
-        return io.NodeOutput(make_handle(model, offload=offload, kind="dit", variant=chosen),
+        return io.NodeOutput(make_handle(model, offload=offload, kind="dit", variant=chosen, preview=factors),
                              ui=ui.PreviewText(f"variant {why}"))
 
 

@@ -201,7 +201,7 @@ class PyramidFlowStageSampler(io.ComfyNode):
             if state["variant"] != variant.name:
                 raise ValueError(f"this unit was started with {state['variant']}, not {variant.name}")
             stage, samples, rng = state["stage"], latent["samples"], state["rng"]
-        callback = step_callback(steps)
+        callback = step_callback(steps, dit, state["start"])
         scheduler = PyramidFlowScheduler.from_variant(variant)
         with model_on_device(dit) as model:
             text = _unit_text(conditioning, state["start"], state["total"])
@@ -288,7 +288,7 @@ class PyramidFlowUnitSampler(io.ComfyNode):
             guidance_schedule.check_fits(target.shape[2])
         settings = SamplingSettings(own, own, guidance_schedule).for_unit(unit["start"], variant.frame_per_unit)
         text = _unit_text(conditioning, unit["start"], target.shape[2])
-        callback = step_callback(settings.total_steps)
+        callback = step_callback(settings.total_steps, dit, unit["start"])
         scheduler = PyramidFlowScheduler.from_variant(variant)
         device = execution_device(dit)
         with model_on_device(dit) as model:
@@ -350,7 +350,7 @@ class PyramidFlowSampler(io.ComfyNode):
                              f"{tuple(target.shape)}: give them the same width, height and batch")
         units = plan_units(0 if context is None else context.shape[2], target.shape[2], variant.frame_per_unit)
         callback = step_callback(sum(settings.for_unit(u.start, variant.frame_per_unit).total_steps
-                                     for u in units) or 1)
+                                     for u in units) or 1, dit)
         # The stream of sample_video (coarse noise of the whole video, then every transition), except
         # that a start made by our samplers continues their stream: a first frame from Stage Samplers
         # finished here is the video this sampler makes alone from the same seed.

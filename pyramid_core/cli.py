@@ -1,11 +1,16 @@
-"""Command line: ``python -m pyramid_core generate {t2v,i2v,continue} ...``.
+"""Command line: ``python -m pyramid_core generate {t2v,i2v,continue} ...`` and ``fit-preview``.
 
 Models come from an official checkpoint folder (``--model-dir`` holding
-``diffusion_transformer_384p/`` or ``_768p/``, ``causal_video_vae/`` and the text encoder
-folders) or from single files (``--dit``, ``--vae``) plus a text encoder folder
-(``--text-encoders``). The result is written as an mp4 (H.264 through PyAV).
+``diffusion_transformer_384p/``, ``_768p/`` or ``_image/``, ``causal_video_vae/`` and the
+text encoder folders) or from single files (``--dit``, ``--vae``) plus a text encoder folder
+(``--text-encoders``). The result is written as an mp4 (H.264 through PyAV), or as an image
+for a one-frame result. Steps and guidance default to the reference's for the variant.
 
 Examples::
+
+    python -m pyramid_core generate t2v --model-dir pyramid-flow-miniflux --variant miniflux-image \
+        --prompt "a red fox in the snow" --width 1280 --height 768 --frames 1 --output fox.png
+    python -m pyramid_core fit-preview --vae my_finetuned_vae/ --inputs my_clips/ --out my_preview.json
 
     python -m pyramid_core generate t2v --model-dir pyramid-flow-miniflux \\
         --prompt "a red fox running through snow" --seconds 5 --output fox.mp4
@@ -228,6 +233,55 @@ def generate(args) -> Path:
     return write_video(args.output, frames, fps=args.fps)
 
 
+# --------------------------------------------------------------------------------------
+# fit-preview
+# --------------------------------------------------------------------------------------
+
+MEDIA_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".mp4", ".mov", ".mkv", ".webm", ".avi", ".gif")
+
+
+def _media_files(inputs: Sequence[str]) -> list[Path]:
+    files = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in MEDIA_SUFFIXES)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"{item}: no such file or folder")
+    if not files:
+        raise ValueError(f"no images or videos in {', '.join(inputs)} (looked for {', '.join(MEDIA_SUFFIXES)})")
+    return files
+
+
+def _clip_for_fit(path: Path, size: int, max_frames: int) -> torch.Tensor:
+    """A file's first ``1 + 8k <= max_frames`` frames, its longer side scaled to ``size`` px
+    (both sides multiples of 8), as ``(3, F, H, W)`` pixels in [-1, 1]."""
+    frames, _ = read_video(path)                                                     # (F, H, W, 3) uint8
+    frames = _trim_to_vae_length(frames[:max_frames])
+    height, width = frames.shape[1:3]
+    scale = size / max(height, width)
+    target = [max(8, round(side * scale / 8) * 8) for side in (height, width)]
+    pixels = frames_to_pixels(frames)[0]                                             # (3, F, H, W)
+    resized = torch.nn.functional.interpolate(pixels.transpose(0, 1), size=target, mode="bilinear",
+                                              antialias=True, align_corners=False)
+    return resized.transpose(0, 1).clamp(-1, 1)
+
+
+def fit_preview(args) -> Path:
+    from .loading import load_vae
+    from .preview import fit_preview_factors
+
+    _check_device(args.device)
+    files = _media_files(args.inputs)
+    latent_frames(args.frames)
+    vae = load_vae(args.vae, dtype=args.dtype, device=args.device)
+    clips = (_clip_for_fit(path, args.size, args.frames) for path in files)
+    factors = fit_preview_factors(vae, clips, source=f"fitted to {args.vae} on {len(files)} files")
+    return factors.save(args.out)
+
+
 # Training tools live in pyramid_core.training.cli (imported only when asked for, so
 # generating never loads the training stack); each parses its own arguments.
 TRAINING_TOOLS = {
@@ -277,6 +331,15 @@ def build_parser() -> argparse.ArgumentParser:
     sampling.add_argument("--history-frames", type=int, help="keep at most this many past latent frames")
     sampling.add_argument("--recent-units", type=int, default=1, help="recent units at full stage resolution")
     sampling.add_argument("--vae-tile", type=int, help="decode in tiles of this many pixels (saves memory)")
+    fit = commands.add_parser("fit-preview", help="fit the preview colours to a VAE on your images and clips")
+    fit.add_argument("--vae", required=True, help="the VAE: folder or single file")
+    fit.add_argument("--inputs", nargs="+", required=True, help="images, videos, or folders of them")
+    fit.add_argument("--out", default="pyramid_flow_preview.json",
+                     help="the factors (JSON); put it in ComfyUI's models/vae and pick it on the DiT Loader")
+    fit.add_argument("--size", type=int, default=256, help="longer side in pixels the inputs are scaled to")
+    fit.add_argument("--frames", type=int, default=17, help="frames read from each video, 1 + 8k")
+    fit.add_argument("--dtype", default="fp32", choices=("bf16", "fp16", "fp32"))
+    fit.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     for name, (_, help_text) in TRAINING_TOOLS.items():
         commands.add_parser(name, help=help_text, add_help=False)
     return parser
@@ -289,6 +352,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         return getattr(training_cli, TRAINING_TOOLS[argv[0]][0])(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.command == "fit-preview":
+        try:
+            print(fit_preview(args))
+        except (ValueError, FileNotFoundError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return 0
     if args.mode == "i2v" and not args.image:
         print("error: i2v needs --image", file=sys.stderr)
         return 2

@@ -181,7 +181,7 @@ def sample_video(
         unit_settings = settings.for_unit(unit.start, variant.frame_per_unit)
         unit_history = build_temporal_history(video, num_stages, variant.frame_per_unit, history)
         report = rebased_callback(callback, offset=done, total_steps=total_steps,
-                                  unit_index=unit.index, num_units=len(units))
+                                  unit_index=unit.index, num_units=len(units), start_frame=unit.start)
         unit_noise = noise[:, :, unit.start - context_frames:unit.stop - context_frames]
         latents = sample_unit(dit, unit_noise, text.at(unit_start_seconds(unit.start)), scheduler, unit_settings,
                               unit_history, block_noise=block_noise, callback=report)

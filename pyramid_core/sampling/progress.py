@@ -40,7 +40,10 @@ class StepInfo:
             Do not modify it; clone it to keep it.
         stage_index: pyramid stage of this step (0 = coarsest).
         stage_step: 1-based step inside the stage; ``stage_steps`` steps in the stage.
-        unit_index: temporal unit being generated (0 = first frame), ``num_units`` in all.
+        unit_index: temporal unit being generated, counted in the call (0 = its first unit),
+            ``num_units`` in all.
+        start_frame: latent frame where that unit starts in the video (0 = the first frame,
+            which has its own latent constants).
     """
 
     step: int
@@ -51,6 +54,7 @@ class StepInfo:
     stage_steps: int = 1
     unit_index: int = 0
     num_units: int = 1
+    start_frame: int = 0
 
 
 StepCallback = Callable[[StepInfo], None]
@@ -63,21 +67,19 @@ def rebased_callback(
     total_steps: int,
     unit_index: Optional[int] = None,
     num_units: Optional[int] = None,
+    start_frame: Optional[int] = None,
 ) -> Optional[StepCallback]:
     """Wrap ``callback`` so reports of an inner call count from ``offset`` out of ``total_steps``.
 
-    ``unit_index``/``num_units``, when given, overwrite those fields. Returns ``None`` for
-    ``None`` so callers can pass the result straight on.
+    ``unit_index``/``num_units``/``start_frame``, when given, overwrite those fields. Returns
+    ``None`` for ``None`` so callers can pass the result straight on.
     """
     if callback is None:
         return None
+    fields = {name: value for name, value in (("unit_index", unit_index), ("num_units", num_units),
+                                              ("start_frame", start_frame)) if value is not None}
 
     def report(info: StepInfo) -> None:
-        changes = dict(step=offset + info.step, total_steps=total_steps)
-        if unit_index is not None:
-            changes["unit_index"] = unit_index
-        if num_units is not None:
-            changes["num_units"] = num_units
-        callback(dataclasses.replace(info, **changes))
+        callback(dataclasses.replace(info, step=offset + info.step, total_steps=total_steps, **fields))
 
     return report

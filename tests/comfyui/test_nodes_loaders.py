@@ -119,3 +119,22 @@ def test_vae_files_load_as_users_keep_them(tiny_comfyui):
                  "pyramid-flow-miniflux/causal_video_vae"):
         entry = tiny_comfyui.run(_vae_decode_prompt(name), timeout=120)
         assert entry["status"]["status_str"] == "success", name
+
+
+def test_the_dit_loader_takes_preview_colours_fitted_to_a_vae(tiny_comfyui):
+    """A fit-preview file in models/vae is offered on the DiT Loader; a broken one is refused
+    before the DiT loads."""
+    from pyramid_core.preview import BUILTIN_FACTORS
+
+    vae_dir = tiny_comfyui.models_dir / "vae"
+    BUILTIN_FACTORS.save(vae_dir / "my_vae_preview.json")
+    (vae_dir / "broken_preview.json").write_text("{}")
+    options = tiny_comfyui.object_info("PyramidFlowDiTLoader")["PyramidFlowDiTLoader"]["input"]["optional"]
+    assert {"my_vae_preview.json", "broken_preview.json"} <= set(options["preview"][1]["options"])
+    prompt = _t2v_with("pyramid_flow_miniflux_384p.safetensors", seed=6)
+    prompt["2"]["inputs"]["preview"] = "my_vae_preview.json"
+    assert tiny_comfyui.run(prompt, timeout=240)["status"]["status_str"] == "success"
+    prompt["2"]["inputs"]["preview"] = "broken_preview.json"
+    entry = tiny_comfyui.wait(tiny_comfyui.submit(prompt), timeout=120)
+    errors = [m[1]["exception_message"] for m in entry["status"]["messages"] if m[0] == "execution_error"]
+    assert errors and "not a preview factors file" in errors[0], errors

@@ -11,6 +11,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -75,6 +76,12 @@ def test_core_clip_gives_the_official_encoders_embeddings_and_stays_unchanged(pa
 
 
 def test_step_preview_is_a_picture_of_the_latent(pack):
+    from pyramid_core.preview import latent_preview_rgb
+    from pyramid_core.variants import VARIANTS
+
     runtime = sys.modules["pyramid_flow_pack.nodes._runtime"]
-    image = runtime.latent_preview_image(torch.randn(1, 16, 2, 8, 16))
+    latents = torch.randn(1, 16, 2, 8, 16)
+    image = runtime.latent_preview_image(latents, VARIANTS["miniflux-384p"], first_frame=False)
     assert image.size == (16, 8) and image.mode == "RGB"
+    expected = latent_preview_rgb(latents[0, :, -1], VARIANTS["miniflux-384p"], False).mul(255).to(torch.uint8)
+    assert torch.equal(torch.tensor(np.array(image)), expected)
