@@ -168,12 +168,12 @@ class PyramidFlowGuidanceSchedule(io.ComfyNode):
                                tooltip="linear decay: the reference's use_linear_guidance, max(guidance_scale - "
                                        "alpha x unit, min_guidance_scale) for unit 0 (the first frame), 1, 2, ... "
                                        "constant: guidance_scale for every unit. by time: the 'by_time' lines."),
-                io.Float.Input("guidance_scale", default=7.0, min=0.0, max=30.0, step=0.1,
+                io.Float.Input("guidance_scale", default=LINEAR_DEFAULTS.start, min=0.0, max=30.0, step=0.1,
                                tooltip="The first unit's scale (linear decay), or every unit's (constant). "
                                        "7 as the reference's default."),
-                io.Float.Input("alpha", default=0.5, min=0.0, max=10.0, step=0.05,
+                io.Float.Input("alpha", default=LINEAR_DEFAULTS.alpha, min=0.0, max=10.0, step=0.05,
                                tooltip="Decrease per unit of linear decay (the reference's default 0.5)."),
-                io.Float.Input("min_guidance_scale", default=2.0, min=0.0, max=30.0, step=0.1,
+                io.Float.Input("min_guidance_scale", default=LINEAR_DEFAULTS.minimum, min=0.0, max=30.0, step=0.1,
                                tooltip="Linear decay stops here (the reference's default 2.0)."),
                 io.String.Input("by_time", multiline=True, default="0s: 7\n2s: 5\n4s: 4",
                                 tooltip="For mode 'by time': '<seconds>: <scale>' per line, the first at 0s; each "
@@ -195,6 +195,7 @@ class PyramidFlowGuidanceSchedule(io.ComfyNode):
 
 
 GUIDANCE_MODES = ("linear decay", "constant", "by time")
+LINEAR_DEFAULTS = LinearGuidance(7.0)       # the reference's generate(): guidance 7, alpha 0.5, min 2.0
 
 
 def _encoder_inputs() -> list:

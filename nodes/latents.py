@@ -7,9 +7,12 @@ import comfy.model_management
 from comfy_api.latest import io
 
 from ..pyramid_core.sizes import FRAMES_PER_SECOND, MAX_SIDE, frames_for_seconds, latent_shape, pixel_multiple
+from ..pyramid_core.variants import VARIANTS
 from ._runtime import check_memory_for
 
 CATEGORY = "PyramidFlow/latent"
+# The 384p model's size and the reference README's 5 s (temp=16, 121 frames).
+DEFAULT_MODEL = VARIANTS["miniflux-384p"]
 
 
 class PyramidFlowEmptyLatent(io.ComfyNode):
@@ -22,11 +25,11 @@ class PyramidFlowEmptyLatent(io.ComfyNode):
             category=CATEGORY,
             description="An all-zero video latent of the size the pyramid sampler will generate.",
             inputs=[
-                io.Int.Input("width", default=640, min=multiple, max=MAX_SIDE, step=multiple,
+                io.Int.Input("width", default=DEFAULT_MODEL.width, min=multiple, max=MAX_SIDE, step=multiple,
                              tooltip=f"Video width in pixels; a multiple of {multiple} so that every pyramid stage can halve it. 640 for 384p models, 1280 for 768p."),
-                io.Int.Input("height", default=384, min=multiple, max=MAX_SIDE, step=multiple,
+                io.Int.Input("height", default=DEFAULT_MODEL.height, min=multiple, max=MAX_SIDE, step=multiple,
                              tooltip=f"Video height in pixels; a multiple of {multiple}. 384 for 384p models, 768 for 768p."),
-                io.Int.Input("length", default=121, min=1, max=8193, step=8,
+                io.Int.Input("length", default=frames_for_seconds(5), min=1, max=8193, step=8,
                              tooltip=f"Frames, 1 + 8k (the causal VAE keeps the first frame alone and packs 8 frames per latent frame). 121 frames = 5 s at {FRAMES_PER_SECOND} fps."),
                 io.Float.Input("seconds", default=0.0, min=0.0, max=300.0, step=1 / 3,
                                tooltip=f"If above 0, the length in seconds at {FRAMES_PER_SECOND} fps instead of frames (rounded to the nearest 1 + 8k frames)."),

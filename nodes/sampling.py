@@ -41,12 +41,15 @@ from ..pyramid_core.sampling import (
 from ..pyramid_core.sampling.timeline import unit_start_seconds
 from ..pyramid_core.scheduling import PyramidFlowScheduler
 from ..pyramid_core.sizes import check_video_size
-from ..pyramid_core.variants import VAE_SPATIAL_FACTOR, Variant
+from ..pyramid_core.variants import FIRST_FRAME_STEPS, VAE_SPATIAL_FACTOR, VARIANTS, VIDEO_GUIDANCE, VIDEO_STEPS, Variant
 from ._runtime import (ConditioningType, DiTType, GuidanceScheduleType, HistoryType, check_memory_for,
                        execution_device, model_on_device, step_callback)
 from .history import RNG_KEY, PastVideo
 
 CATEGORY = "PyramidFlow/sampling"
+# Defaults are the reference's settings (pyramid_core.variants cites them) for the 384p model,
+# the size the Empty Latent starts at.
+DEFAULT_MODEL = VARIANTS["miniflux-384p"]
 STATE_KEY = "pyramid"
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
 
@@ -143,8 +146,8 @@ def _seed_input(tooltip: str):
     return io.Int.Input("seed", default=0, min=0, max=MAX_SEED, control_after_generate=True, tooltip=tooltip)
 
 
-def _steps_inputs(prefix: str, default: int, what: str) -> list:
-    return [io.Int.Input(f"{prefix}stage{k}", default=default, min=1, max=1000,
+def _steps_inputs(prefix: str, defaults: tuple[int, ...], what: str) -> list:
+    return [io.Int.Input(f"{prefix}stage{k}", default=defaults[k - 1], min=1, max=1000,
                          tooltip=f"Euler steps of pyramid stage {k} ({['1/4', '1/2', 'full'][k - 1]} resolution) "
                                  f"of {what}.")
             for k in (1, 2, 3)]
@@ -168,10 +171,10 @@ class PyramidFlowStageSampler(io.ComfyNode):
                 *_common_inputs(),
                 io.Latent.Input("latent", tooltip="The Empty Latent (whole video) for the first stage, the output of "
                                                   "a Stage Transition for the next ones."),
-                io.Int.Input("steps", default=20, min=1, max=1000,
+                io.Int.Input("steps", default=FIRST_FRAME_STEPS[0], min=1, max=1000,
                              tooltip="Euler steps of this stage (the official app: 20 per stage for the first "
                                      "frame, 10 for video units)."),
-                io.Float.Input("guidance_scale", default=7.0, min=0.0, max=30.0, step=0.1,
+                io.Float.Input("guidance_scale", default=DEFAULT_MODEL.guidance_scale, min=0.0, max=30.0, step=0.1,
                                tooltip="Classifier-free guidance of this stage: 7 for the first frame, 4-5 for video "
                                        "units; 0 = positive prompt only (half the work)."),
                 _seed_input("Seed of the unit's coarse noise (first stage only; later stages continue its random "
@@ -264,8 +267,8 @@ class PyramidFlowUnitSampler(io.ComfyNode):
             inputs=[
                 *_common_inputs(),
                 io.Latent.Input("latent", tooltip="The Empty Latent of the whole video (size, length and batch)."),
-                *_steps_inputs("steps_", 10, "this unit"),
-                io.Float.Input("guidance_scale", default=5.0, min=0.0, max=30.0, step=0.1,
+                *_steps_inputs("steps_", VIDEO_STEPS, "this unit"),
+                io.Float.Input("guidance_scale", default=VIDEO_GUIDANCE, min=0.0, max=30.0, step=0.1,
                                tooltip="Classifier-free guidance: 7 for the first frame, 4-5 for video units."),
                 _seed_input("Seed of the coarse noise of the whole video (this unit takes its slice); use the seed of "
                             "the first unit to get the Video Sampler's video."),
@@ -310,11 +313,12 @@ class PyramidFlowSampler(io.ComfyNode):
             inputs=[
                 *_common_inputs(),
                 io.Latent.Input("latent", tooltip="The Empty Latent: size, length (start frames included) and batch."),
-                *_steps_inputs("first_frame_steps_", 20, "the first frame (text-to-video only)"),
-                *_steps_inputs("video_steps_", 10, "every later unit"),
-                io.Float.Input("guidance_scale", default=7.0, min=0.0, max=30.0, step=0.1,
-                               tooltip="Classifier-free guidance of the first frame (text-to-video only)."),
-                io.Float.Input("video_guidance_scale", default=5.0, min=0.0, max=30.0, step=0.1,
+                *_steps_inputs("first_frame_steps_", FIRST_FRAME_STEPS, "the first frame (text-to-video only)"),
+                *_steps_inputs("video_steps_", VIDEO_STEPS, "every later unit"),
+                io.Float.Input("guidance_scale", default=DEFAULT_MODEL.guidance_scale, min=0.0, max=30.0, step=0.1,
+                               tooltip="Classifier-free guidance of the first frame (text-to-video only); the "
+                                       "reference README: 7 at 384p, 7-9 at 768p, 9 for the 1024p image model."),
+                io.Float.Input("video_guidance_scale", default=VIDEO_GUIDANCE, min=0.0, max=30.0, step=0.1,
                                tooltip="Classifier-free guidance of the video units; lower (4) for more motion."),
                 _seed_input("Seed of the coarse noise and of every stage transition."),
                 io.Int.Input("history_recent_units", default=1, min=1, max=64,

@@ -85,3 +85,29 @@ def test_an_image_model_asked_for_a_video_says_what_to_change(tiny_comfyui):
     entry = tiny_comfyui.wait(tiny_comfyui.submit(prompt), timeout=120)
     errors = [m[1]["exception_message"] for m in entry["status"]["messages"] if m[0] == "execution_error"]
     assert errors and "makes single images: set the Empty Latent's length to 1" in errors[0], errors
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in WORKFLOWS.glob("*.json")))
+def test_every_setting_follows_the_reference_for_its_model(name):
+    """Sizes, steps and guidance of a shipped workflow are the variants table's for the DiT
+    it loads (pyramid_core.variants, which cites the reference for each); image-to-video has
+    the README's video guidance 4."""
+    from pyramid_core.variants import IMAGE_TO_VIDEO_GUIDANCE, detect_variant
+
+    prompt = load_api_workflow(name)
+    nodes = [(node["class_type"], node["inputs"]) for node in prompt.values()]
+    loader = next(inputs for kind, inputs in nodes if kind == "PyramidFlowDiTLoader")
+    variant = detect_variant("flux", loader["dit_name"])
+    image_to_video = any(kind == "LoadImage" for kind, _ in nodes)
+    for kind, inputs in nodes:
+        if kind == "PyramidFlowEmptyLatent":
+            assert (inputs["width"], inputs["height"]) == (variant.width, variant.height)
+            assert inputs["length"] <= 1 + 8 * (variant.max_latent_frames - 1)
+        elif kind == "PyramidFlowSampler":
+            assert [inputs[f"first_frame_steps_stage{k}"] for k in (1, 2, 3)] == list(variant.steps)
+            assert [inputs[f"video_steps_stage{k}"] for k in (1, 2, 3)] == list(variant.video_steps)
+            assert inputs["guidance_scale"] == variant.guidance_scale
+            video_guidance = IMAGE_TO_VIDEO_GUIDANCE if image_to_video else variant.video_guidance_scale
+            assert inputs["video_guidance_scale"] == video_guidance
+        elif kind == "PyramidFlowStageSampler":
+            assert inputs["steps"] in variant.steps and inputs["guidance_scale"] == variant.guidance_scale
