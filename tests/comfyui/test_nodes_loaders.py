@@ -76,16 +76,16 @@ def test_an_override_wins_over_the_name_and_is_shown(tiny_comfyui):
     assert "variant miniflux-384p: chosen on the node, overriding miniflux-768p" in tiny_comfyui.log_text()
 
 
-def test_official_folders_pick_their_variant(tiny_comfyui):
+def test_the_sd3_384p_folder_is_detected_and_generates(tiny_comfyui):
     root = tiny_comfyui.models_dir / "diffusion_models" / "pyramid-flow-sd3"
     (root / "diffusion_transformer_384p").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(GOLDEN / "weights_mmdit_tiny.safetensors",
                     root / "diffusion_transformer_384p" / "diffusion_pytorch_model.safetensors")
     shutil.copyfile(GOLDEN / "config_mmdit_tiny.json", root / "diffusion_transformer_384p" / "config.json")
-    prompt = {"2": {"class_type": "PyramidFlowDiTLoader", "inputs": {
-        "dit_name": "pyramid-flow-sd3/diffusion_transformer_384p", "precision": "fp32", "variant": "auto",
-        "offload": "auto"}}, "9": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}}}
-    message = _loader_text(tiny_comfyui.run(prompt, timeout=120))
+    # the shipped text-to-video workflow with the SD3 384p folder in the DiT Loader (the tiny
+    # text encoders have the widths of both tiny DiTs)
+    prompt = _t2v_with("pyramid-flow-sd3/diffusion_transformer_384p", seed=8)
+    message = _loader_text(tiny_comfyui.run(prompt, timeout=240))
     assert message == ("variant sd3-384p: the tensors are mmdit; the name "
                        "'pyramid-flow-sd3/diffusion_transformer_384p' contains '384'")
 
