@@ -20,24 +20,31 @@ Choosing a backend:
    ``"auto"``. A default that is not installed is an error when it is set (or, for the
    environment variable, on first use); a call it cannot serve (a frame mask for flash_attn,
    CPU tensors for triton, ...) falls back to the ``"auto"`` choice, so one process-wide switch
-   never breaks the models' masked calls.
+   never breaks the models' masked calls; the first fallback for each reason is logged.
+
+The Triton kernels check themselves against SDPA the first time they serve a kind of call
+(:mod:`.selfcheck`): a kind they get wrong on this machine goes to SDPA from then on, with one
+warning (or a ``ValueError`` when ``backend="triton"`` was asked for by name).
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
+import logging
 import os
 
 import torch
 
-from . import checks, external
+from . import checks, external, selfcheck
 from .sdpa import varlen_attention_sdpa
 
 BACKENDS = ("auto", "sdpa", "triton", "flash_attn", "sage")
 ENV_VAR = "PYRAMID_ATTENTION_BACKEND"
 
 _default_backend: str | None = None
+_fallbacks_told: set[tuple[str, str]] = set()          # (default backend, reason) already logged
+log = logging.getLogger("pyramid_core.attention")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,9 +173,17 @@ def resolve_backend(backend: str, q: torch.Tensor, frame_ids=None) -> str:
             raise ValueError(f"attention backend {backend!r} is unavailable for this call: {reason}")
         return backend
     preferred = get_default_backend()
-    if preferred != "auto" and _call_reason(preferred, q, frame_ids) is None:
+    if preferred == "auto":
+        return _auto_choice(q)
+    reason = _call_reason(preferred, q, frame_ids)
+    if reason is None:
         return preferred
-    return _auto_choice(q)
+    chosen = _auto_choice(q)
+    if (preferred, reason) not in _fallbacks_told:
+        _fallbacks_told.add((preferred, reason))
+        log.warning("pyramid_core attention: the default backend %r cannot run some calls (%s); those use %r",
+                    preferred, reason, chosen)
+    return chosen
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,7 +225,12 @@ def varlen_attention(
     checks.check_varlen_args(q, k, v, cu_seqlens, frame_ids, scale)
     name = resolve_backend(backend, q, frame_ids)
     if name == "triton":
-        return _triton_module().varlen_attention_triton(q, k, v, cu_seqlens, frame_ids, scale)
+        triton_attention = _triton_module().varlen_attention_triton
+        if selfcheck.forward_ok(triton_attention, q, frame_ids):
+            return triton_attention(q, k, v, cu_seqlens, frame_ids, scale)
+        if backend == "triton":                      # asked for by name: say so instead of falling back
+            raise ValueError("attention backend 'triton' failed its self-check for this kind of call on this "
+                             "machine (see the warning above); use backend='sdpa' or 'auto'")
     if name == "flash_attn":
         return external.varlen_attention_flash_attn(q, k, v, cu_seqlens, frame_ids, scale)
     if name == "sage":

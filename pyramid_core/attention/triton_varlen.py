@@ -68,6 +68,9 @@ import torch
 import triton
 import triton.language as tl
 
+from . import selfcheck
+from .sdpa import varlen_attention_sdpa
+
 LOG2E = 1.4426950408889634
 INT32_MAX = tl.constexpr(2147483647)
 INT32_MIN = tl.constexpr(-2147483648)
@@ -724,8 +727,18 @@ class VarlenAttentionFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         q, k, v, out, lse, cu_seqlens, frame_ids = ctx.saved_tensors
+        if not selfcheck.backward_ok(varlen_attention_triton, q, frame_ids):
+            return (*_sdpa_gradients(do, q, k, v, cu_seqlens, frame_ids, ctx.scale), None, None, None, None)
         dq, dk, dv = varlen_bwd(do, q, k, v, out, lse, cu_seqlens, frame_ids, ctx.scale, ctx.config)
         return dq, dk, dv, None, None, None, None
+
+
+def _sdpa_gradients(do, q, k, v, cu_seqlens, frame_ids, scale):
+    """dq, dk, dv of the portable SDPA backend, for a backward that failed its self-check."""
+    with torch.enable_grad():
+        q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+        out = varlen_attention_sdpa(q, k, v, cu_seqlens, frame_ids, scale)
+        return torch.autograd.grad(out, (q, k, v), do)
 
 
 def varlen_attention_triton(q, k, v, cu_seqlens, frame_ids=None, scale=None, config=None):

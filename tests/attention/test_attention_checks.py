@@ -168,3 +168,16 @@ def test_default_that_cannot_serve_a_call_falls_back_to_auto(monkeypatch):
     if dispatch._triton_reason(q) is not None:
         assert attn.resolve_backend("auto", q) == "sdpa"
         torch.testing.assert_close(attn.varlen_attention(q, k, v, cu), reference_varlen(q, k, v, cu))
+
+
+def test_a_default_that_cannot_serve_a_call_says_so_once(monkeypatch, caplog):
+    monkeypatch.setattr(dispatch, "_fallbacks_told", set())
+    monkeypatch.setenv(attn.ENV_VAR, "sdpa")
+    q, _, _ = _qkv()
+    monkeypatch.setattr(dispatch, "get_default_backend", lambda: "flash_attn")
+    monkeypatch.setattr(dispatch, "_call_reason", lambda name, q, frame_ids: "needs CUDA fp16/bf16 tensors")
+    for _ in range(3):
+        assert attn.resolve_backend("auto", q) == "sdpa"
+    told = [r.getMessage() for r in caplog.records if "cannot run some calls" in r.getMessage()]
+    assert told == ["pyramid_core attention: the default backend 'flash_attn' cannot run some calls "
+                    "(needs CUDA fp16/bf16 tensors); those use 'sdpa'"]

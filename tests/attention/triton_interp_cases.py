@@ -201,3 +201,87 @@ def test_tiny_dit_golden_call_with_the_triton_backend(call, monkeypatch):
     assert len(out) == len(expected)
     for got, want in zip(out, expected):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Self-check: each kind of call is checked once; a wrong kernel falls back to SDPA
+# ---------------------------------------------------------------------------------------------
+
+from pyramid_core.attention import selfcheck  # noqa: E402
+
+
+@pytest.fixture
+def fresh_checks(monkeypatch):
+    """No verdicts yet, the self-check on, the process default on our kernels."""
+    monkeypatch.delenv(selfcheck.ENV_VAR, raising=False)
+    selfcheck.reset()
+    attn.set_default_backend("triton")
+    yield
+    attn.set_default_backend(None)
+    selfcheck.reset()
+
+
+def _masked_call(dtype=torch.float32, dim=64, seed=0):
+    lengths = [40, 9]
+    q, k, v, cu = _inputs(lengths, 2, 2, dim, dtype, seed)
+    return q, k, v, cu, frames_per_sequence(lengths, tokens_per_frame=8, text_tokens=3)
+
+
+def test_a_good_kernel_is_checked_once_per_kind_of_call(fresh_checks):
+    for seed in range(3):
+        q, k, v, cu, frames = _masked_call(seed=seed)
+        out = attn.varlen_attention(q, k, v, cu, frame_ids=frames)        # "auto" -> the default, triton
+        torch.autograd.grad(out.sum(), (q, k, v))
+    assert selfcheck.checks_run() == 2                                   # one forward, one backward check
+    q, k, v, cu, _ = _masked_call()
+    attn.varlen_attention(q, k, v, cu)                                   # no mask: another kind of call
+    attn.varlen_attention(*_masked_call(torch.float16)[:4], frame_ids=_masked_call()[4])   # another dtype
+    assert selfcheck.checks_run() == 4
+
+
+def test_a_wrong_forward_falls_back_to_sdpa_with_one_warning(fresh_checks, monkeypatch, caplog):
+    real = tv.varlen_fwd
+
+    def wrong(*args, **kwargs):
+        out, lse = real(*args, **kwargs)
+        return out * 1.5, lse
+
+    monkeypatch.setattr(tv, "varlen_fwd", wrong)
+    for seed in range(3):
+        q, k, v, cu, frames = _masked_call(seed=seed)
+        out = attn.varlen_attention(q, k, v, cu, frame_ids=frames)
+        torch.testing.assert_close(out, reference_varlen(q, k, v, cu, frames), atol=2e-5, rtol=1e-3)
+    warnings = [r for r in caplog.records if "failed their self-check" in r.getMessage()]
+    assert len(warnings) == 1 and "the forward differs from fp32 SDPA" in warnings[0].getMessage()
+    assert "python -m pyramid_core doctor" in warnings[0].getMessage()
+    assert selfcheck.checks_run() == 1
+    with pytest.raises(ValueError, match="'triton' failed its self-check"):
+        attn.varlen_attention(q, k, v, cu, frame_ids=frames, backend="triton")
+
+
+def test_a_wrong_backward_gives_sdpa_gradients(fresh_checks, monkeypatch, caplog):
+    real = tv.varlen_bwd
+    monkeypatch.setattr(tv, "varlen_bwd", lambda *a, **kw: tuple(g * 2 for g in real(*a, **kw)))
+    _check(*_masked_call()[:4], frames=_masked_call()[4])                 # forward and gradients vs reference
+    assert sum("the backward" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_kernel_that_does_not_launch_falls_back(fresh_checks, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("ptxas fatal: unsupported architecture")
+
+    monkeypatch.setattr(tv, "varlen_fwd", broken)
+    q, k, v, cu, frames = _masked_call()
+    torch.testing.assert_close(attn.varlen_attention(q, k, v, cu, frame_ids=frames),
+                               reference_varlen(q, k, v, cu, frames), atol=2e-5, rtol=1e-3)
+    assert any("failed to run: RuntimeError: ptxas fatal" in r.getMessage() for r in caplog.records)
+
+
+def test_the_check_can_be_switched_off(fresh_checks, monkeypatch):
+    monkeypatch.setenv(selfcheck.ENV_VAR, "0")
+    real = tv.varlen_fwd
+    monkeypatch.setattr(tv, "varlen_fwd", lambda *a, **kw: (real(*a, **kw)[0] * 1.5, real(*a, **kw)[1]))
+    q, k, v, cu, frames = _masked_call()
+    out = attn.varlen_attention(q, k, v, cu, frame_ids=frames)
+    assert selfcheck.checks_run() == 0
+    assert not torch.allclose(out, reference_varlen(q, k, v, cu, frames), atol=1e-2)   # the wrong kernel ran
