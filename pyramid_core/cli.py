@@ -340,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--frames", type=int, default=17, help="frames read from each video, 1 + 8k")
     fit.add_argument("--dtype", default="fp32", choices=("bf16", "fp16", "fp32"))
     fit.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    commands.add_parser("doctor", help="versions, devices, attention backends and recommended settings "
+                                       "(what a bug report needs)", add_help=False)
     for name, (_, help_text) in TRAINING_TOOLS.items():
         commands.add_parser(name, help=help_text, add_help=False)
     return parser
@@ -347,6 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "doctor":
+        from .doctor import main as doctor_main
+
+        return doctor_main(argv[1:])
     if argv and argv[0] in TRAINING_TOOLS:
         from .training import cli as training_cli
 

@@ -127,6 +127,13 @@ def _compare_case(triton_attention, key: tuple, backward: bool) -> str | None:
     return None
 
 
+def verify(attention, device: torch.device | str, dtype: torch.dtype, head_dim: int = 64, masked: bool = True,
+           backward: bool = False) -> str | None:
+    """Run the check case through ``attention(q, k, v, cu_seqlens, frame_ids)``: None if it
+    agrees with fp32 SDPA, else why not (for ``python -m pyramid_core doctor``; caches nothing)."""
+    return _run_check(attention, (str(torch.device(device)), dtype, head_dim, masked), backward)
+
+
 def _warn(key: tuple, problem: str, part: str) -> None:
     device, dtype, head_dim, masked = key
     log.warning("pyramid_core attention: our Triton kernels failed their self-check for %s on %s, %s, "
