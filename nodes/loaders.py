@@ -6,11 +6,13 @@ import logging
 
 import torch
 import comfy.lora
+import comfy.model_management
 import comfy.utils
 import folder_paths
 from comfy_api.latest import io, ui
 
-from ..pyramid_core.loading import load_dit, load_vae, model_kind
+from ..pyramid_core.compile import COMPILE_MODES, check_compile_available, compile_dit
+from ..pyramid_core.loading import check_dtype_supported, load_dit, load_vae, model_kind
 from ..pyramid_core.models.text_encoders import PyramidTextEncoder, detect_text_encoder_family
 from ..pyramid_core.variants import VARIANTS, choose_variant
 from ._runtime import (
@@ -53,6 +55,10 @@ class PyramidFlowDiTLoader(io.ComfyNode):
                                        "from the folder/file name (a miniFLUX name that says none: 384p; SD3: 768p). "
                                        "The node shows what it chose and why; pick one here to override."),
                 io.Combo.Input("offload", options=list(OFFLOAD_MODES), default="auto", tooltip=OFFLOAD_TOOLTIP),
+                io.Combo.Input("compile", options=["off", *COMPILE_MODES], default="off", optional=True,
+                               tooltip="torch.compile the transformer blocks (inductor, dynamic shapes: the stages "
+                                       "and the growing history do not recompile). The first video compiles for "
+                                       "a while; later ones run faster. 'max-autotune...' compiles longer."),
                 io.Combo.Input("preview", options=preview_choices(), default=BUILTIN_PREVIEW, optional=True,
                                tooltip="Colours of the samplers' latent previews: built in for the released VAE, or "
                                        "a file made for your VAE by 'python -m pyramid_core fit-preview' and put in "
@@ -62,12 +68,19 @@ class PyramidFlowDiTLoader(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, dit_name: str, precision: str, variant: str, offload: str,
+    def execute(cls, dit_name: str, precision: str, variant: str, offload: str, compile: str = "off",
                 preview: str = BUILTIN_PREVIEW) -> io.NodeOutput:
-        factors = load_preview_factors(preview)             # a bad file is reported before the DiT loads
+        # everything that can be refused is, before the DiT loads
+        factors = load_preview_factors(preview)
         path = resolve_model_path(("diffusion_models",), dit_name)
         compute, storage = ("bf16", "fp8_e4m3fn") if precision == "fp8_e4m3fn" else (precision, None)
+        device = comfy.model_management.get_torch_device()
+        check_dtype_supported(compute, device)
+        if compile != "off":
+            check_compile_available(device)
         model = load_dit(path, dtype=compute, weight_dtype=storage)
+        if compile != "off":
+            compile_dit(model, mode=compile, device=device)
         chosen, why = choose_variant(model_kind(model), dit_name, variant)
         log.info("Pyramid Flow DiT %s: variant %s", dit_name, why)
         return io.NodeOutput(make_handle(model, offload=offload, kind="dit", variant=chosen, preview=factors),
@@ -94,6 +107,7 @@ class PyramidFlowVAELoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, vae_name: str, precision: str) -> io.NodeOutput:
+        check_dtype_supported(precision, comfy.model_management.vae_device())
         model = load_vae(resolve_model_path(("vae",), vae_name), dtype=precision)
         return io.NodeOutput(make_handle(model, kind="vae"))
 
@@ -119,6 +133,7 @@ class PyramidFlowTextEncoderLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, folder: str, precision: str) -> io.NodeOutput:
+        check_dtype_supported(precision, comfy.model_management.text_encoder_device())
         path = resolve_model_path(("text_encoders", "diffusion_models"), folder)
         family = detect_text_encoder_family(path)
         dtype = torch.float32 if precision == "fp32" else torch.bfloat16

@@ -29,6 +29,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from .compile import COMPILE_MODES, check_compile_available, compile_dit
 from .latents import decode_from_latents
 from .sampling import HistoryConfig, continue_video, encode_text, image_to_video, image_to_pixels, text_to_video
 from .sampling.settings import SamplingSettings
@@ -103,6 +104,8 @@ def _load_models(args, paths: tuple[Path, Path, Path]):
 
     dit_path, vae_path, text_path = paths
     dit = load_dit(dit_path, dtype=args.dtype, device=args.device)
+    if args.compile != "off":
+        compile_dit(dit, mode=args.compile, device=args.device)
     variant, why = choose_variant(model_kind(dit), str(dit_path), args.variant or "auto")
     print(f"variant {why}", file=sys.stderr)
     vae = load_vae(vae_path, dtype=args.vae_dtype or args.dtype, device=args.device)
@@ -178,7 +181,13 @@ def _check_sampling(args, variant) -> None:
 def _check_args(args) -> tuple[int, tuple[Path, Path, Path]]:
     """Everything that can be checked before a model loads; returns the pixel frame count and
     the model paths."""
+    from .loading import check_dtype_supported
+
     _check_device(args.device)
+    for dtype in {args.dtype, args.vae_dtype or args.dtype}:
+        check_dtype_supported(dtype, args.device)
+    if args.compile != "off":
+        check_compile_available(args.device)
     num_frames = _num_frames(args)
     latent_frames(num_frames)
     if (args.width is None) != (args.height is None):
@@ -309,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
     models.add_argument("--vae-dtype", choices=("bf16", "fp16", "fp32"), help="default: --dtype")
     models.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    models.add_argument("--compile", default="off", choices=("off", *COMPILE_MODES),
+                        help="torch.compile the DiT blocks (dynamic shapes; the first video compiles a while)")
     video = gen.add_argument_group("video")
     video.add_argument("--image", help="i2v: the first frame (png, jpg, ...)")
     video.add_argument("--video", help="continue: the clip to continue")

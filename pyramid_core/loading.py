@@ -255,6 +255,17 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(WEIGHT_DTYPES)}") from None
 
 
+def check_dtype_supported(dtype: str | torch.dtype, device: str | torch.device) -> None:
+    """One sentence, before anything loads, when ``device`` cannot compute in ``dtype``
+    (bf16 on CUDA GPUs before Ampere, which only emulate it)."""
+    device = torch.device(device)
+    if resolve_dtype(dtype) != torch.bfloat16 or device.type != "cuda" or not torch.cuda.is_available():
+        return
+    if not torch.cuda.is_bf16_supported(including_emulation=False):
+        raise ValueError(f"{torch.cuda.get_device_name(device)} cannot compute in bf16: choose fp16 (or fp32) "
+                         "for the models on this GPU")
+
+
 class _UpcastLinear(torch.nn.Linear):
     """A Linear whose weights are stored in a narrow dtype (fp8) and computed in the input's."""
 

@@ -165,3 +165,15 @@ def test_model_kind_names_what_was_loaded(kind):
     assert loading.model_kind(cls.from_config(json.loads((GOLDEN / config).read_text()))) == kind
     with pytest.raises(ValueError, match="not a Pyramid Flow model"):
         loading.model_kind(torch.nn.Linear(2, 2))
+
+
+def test_bf16_on_a_gpu_without_it_is_refused_in_one_sentence(monkeypatch):
+    from pyramid_core.loading import check_dtype_supported
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    with pytest.raises(ValueError, match="^Tesla T4 cannot compute in bf16: choose fp16 \\(or fp32\\)"):
+        check_dtype_supported("bf16", "cuda:0")
+    check_dtype_supported("fp16", "cuda:0")
+    check_dtype_supported("bf16", "cpu")

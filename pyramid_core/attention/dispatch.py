@@ -191,6 +191,9 @@ def resolve_backend(backend: str, q: torch.Tensor, frame_ids=None) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+# Compiled models (pyramid_core.compile) call this eagerly: its checks read tensors on the host
+# and its backends pick themselves at run time, neither of which a graph can hold.
+@torch.compiler.disable
 def varlen_attention(
     q: torch.Tensor,
     k: torch.Tensor,

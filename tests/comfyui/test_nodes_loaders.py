@@ -138,3 +138,15 @@ def test_the_dit_loader_takes_preview_colours_fitted_to_a_vae(tiny_comfyui):
     entry = tiny_comfyui.wait(tiny_comfyui.submit(prompt), timeout=120)
     errors = [m[1]["exception_message"] for m in entry["status"]["messages"] if m[0] == "execution_error"]
     assert errors and "not a preview factors file" in errors[0], errors
+
+
+def test_the_dit_loader_compiles_on_request_and_gives_the_same_video(tiny_comfyui):
+    """torch.compile (inductor on this CPU) of the DiT blocks: the same latents within the
+    rounding of reordered float ops."""
+    from test_nodes_sampling import _run_to_latent
+
+    eager = _run_to_latent(tiny_comfyui, _t2v_with("pyramid_flow_miniflux_384p.safetensors", seed=12), "10")
+    prompt = _t2v_with("pyramid_flow_miniflux_384p.safetensors", seed=12)
+    prompt["2"]["inputs"]["compile"] = "default"
+    compiled = _run_to_latent(tiny_comfyui, prompt, "10")
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-4)
