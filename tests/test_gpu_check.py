@@ -1,0 +1,59 @@
+"""benchmarks/gpu_check.py on a machine without CUDA: its arguments, the real sequence shapes
+it measures at, and the report layout. (Its GPU figures come from a run on a lent GPU.)"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import gpu_check  # noqa: E402
+
+
+def test_without_cuda_it_says_so_and_exits_0(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_check.main(["--out", str(tmp_path)]) == 0
+    assert "no CUDA GPU here" in capsys.readouterr().out and not list(tmp_path.iterdir())
+
+
+def test_arguments():
+    args = gpu_check.parse_args(["--budget", "120", "--skip", "t2v_768p", "model_load"])
+    assert args.budget == 120 and args.skip == ["t2v_768p", "model_load"]
+    with pytest.raises(SystemExit):
+        gpu_check.parse_args(["--skip", "everything"])
+    with pytest.raises(SystemExit):
+        gpu_check.parse_args(["--budget", "0"])
+
+
+@pytest.mark.parametrize("resolution, latent, frames", [("384p", (48, 80), 16), ("768p", (96, 160), 31)])
+def test_the_sequences_are_those_of_the_last_unit_of_a_video(resolution, latent, frames):
+    """Per CFG row: the valid text, then the history (the previous frame at full size, the one
+    before at half size, all older ones at a quarter), then the noisy frame at full size."""
+    cu, frame_ids = gpu_check.sequence_layout(resolution)
+    h, w = latent[0] // 2, latent[1] // 2                       # 2x2 patches
+    per_row = gpu_check.VALID_TEXT + h * w + h * w // 4 + (frames - 3) * (h * w // 16) + h * w
+    assert cu.tolist() == [0, per_row, 2 * per_row]
+    assert frame_ids.dtype == torch.int32 and frame_ids.shape == (2 * per_row,)
+    row = frame_ids[:per_row]
+    assert (row[:gpu_check.VALID_TEXT] == 0).all() and int(row.max()) == frames - 1
+    assert bool((row[1:] >= row[:-1]).all())                    # frames never go back in time
+    q, k, v, cu2, frames2 = gpu_check.attention_inputs(resolution, torch.float32, "cpu")
+    assert q.shape == (2 * per_row, gpu_check.HEADS, gpu_check.HEAD_DIM) and torch.equal(cu2, cu)
+
+
+def test_report_layout_and_name():
+    report = {"schema": gpu_check.SCHEMA, "created": "2026-11-29T10:00:00+00:00", "budget_seconds": 330,
+              "sections": {"environment": {"seconds": 0.1, "gpu": "NVIDIA H200"},
+                           "t2v_768p": {"skipped": "--skip"}, "model_load": {"seconds": 3, "error": "x"}}}
+    gpu_check.validate_report(report)
+    for broken in ({**report, "schema": "other"}, {**report, "sections": {"warp": {"seconds": 1}}},
+                   {**report, "sections": {"vae_decode": {"peak_gib": 1}}}):
+        with pytest.raises(ValueError):
+            gpu_check.validate_report(broken)
+    import datetime as dt
+
+    path = gpu_check.report_path(Path("out"), "NVIDIA H200 NVL", dt.datetime(2026, 11, 29))
+    assert path == Path("out/gpu_check_nvidia-h200-nvl_2026-11-29.json")
