@@ -154,6 +154,10 @@ class PyramidFlowPromptSchedule(io.ComfyNode):
         return io.NodeOutput(_to_intermediate(text))
 
 
+GUIDANCE_MODES = ("linear decay", "constant", "by time")
+LINEAR_DEFAULTS = LinearGuidance(7.0)       # the reference's generate(): guidance 7, alpha 0.5, min 2.0
+
+
 class PyramidFlowGuidanceSchedule(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -192,10 +196,6 @@ class PyramidFlowGuidanceSchedule(io.ComfyNode):
         if mode == "constant":
             return io.NodeOutput(ConstantGuidance(guidance_scale))
         return io.NodeOutput(GuidanceByTime.from_text(by_time))
-
-
-GUIDANCE_MODES = ("linear decay", "constant", "by time")
-LINEAR_DEFAULTS = LinearGuidance(7.0)       # the reference's generate(): guidance 7, alpha 0.5, min 2.0
 
 
 def _encoder_inputs() -> list:

@@ -8,16 +8,15 @@ for a one-frame result. Steps and guidance default to the reference's for the va
 
 Examples::
 
-    python -m pyramid_core generate t2v --model-dir pyramid-flow-miniflux --variant miniflux-image \
-        --prompt "a red fox in the snow" --width 1280 --height 768 --frames 1 --output fox.png
-    python -m pyramid_core fit-preview --vae my_finetuned_vae/ --inputs my_clips/ --out my_preview.json
-
     python -m pyramid_core generate t2v --model-dir pyramid-flow-miniflux \\
         --prompt "a red fox running through snow" --seconds 5 --output fox.mp4
     python -m pyramid_core generate i2v --model-dir pyramid-flow-miniflux --image first.png \\
         --prompt "waves rolling in" --frames 121 --output waves.mp4
     python -m pyramid_core generate continue --model-dir pyramid-flow-miniflux --video waves.mp4 \\
         --prompt "waves rolling in" --frames 241 --history-frames 16 --output longer.mp4
+    python -m pyramid_core generate t2v --model-dir pyramid-flow-miniflux --variant miniflux-image \\
+        --prompt "a red fox in the snow" --width 1280 --height 768 --frames 1 --output fox.png
+    python -m pyramid_core fit-preview --vae my_finetuned_vae/ --inputs my_clips/ --out my_preview.json
 """
 
 from __future__ import annotations
