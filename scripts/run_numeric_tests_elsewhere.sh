@@ -13,9 +13,16 @@ cd "$ROOT"
 NUMERIC=(tests/models tests/test_noise.py tests/test_rng.py tests/test_scheduling.py tests/test_latents.py
          tests/sampling tests/training/test_dit_objective.py tests/training/test_dit_objective_golden.py
          tests/training/test_vae_trainer.py::test_tiny_vae_learns_moving_shapes_and_exports_a_loadable_folder)
+# Each run compiles (tests/models/test_compile.py) into its own inductor cache: torch reuses
+# cached kernels across ATEN_CPU_CAPABILITY settings, so code vectorised for AVX2 met the
+# portable run's headers and failed to build ("'at::vec' has not been declared").
+CACHES=$(mktemp -d)
+trap 'rm -rf "$CACHES"' EXIT
 run() {
   echo "== numeric tests with $*"
-  env "$@" .venv/bin/python -m pytest "${NUMERIC[@]}" -q -p no:cacheprovider
+  local cache
+  cache=$(mktemp -d "$CACHES/inductor.XXXX")
+  env TORCHINDUCTOR_CACHE_DIR="$cache" "$@" .venv/bin/python -m pytest "${NUMERIC[@]}" -q -p no:cacheprovider
 }
 run ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 run ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=SSE4_2
