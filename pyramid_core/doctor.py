@@ -21,6 +21,7 @@ import torch
 
 from .attention import BACKENDS, available_backends, varlen_attention
 from .attention.selfcheck import verify
+from .loading import computes_bf16
 from .sizes import free_host_memory
 
 GIB = 2**30
@@ -99,7 +100,7 @@ def devices() -> list[Device]:
         properties = torch.cuda.get_device_properties(index)
         free_bytes, total_bytes = torch.cuda.mem_get_info(index)
         capability = torch.cuda.get_device_capability(index)
-        dtypes = ["fp32", "fp16"] + (["bf16"] if torch.cuda.is_bf16_supported() and capability >= (8, 0) else [])
+        dtypes = ["fp32", "fp16"] + (["bf16"] if computes_bf16(f"cuda:{index}") else [])
         found.append(Device(f"cuda:{index}", f"{properties.name}, compute capability {capability[0]}.{capability[1]}",
                             total_bytes / GIB, free_bytes / GIB, dtypes, capability >= (8, 9)))
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():

@@ -255,13 +255,22 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(WEIGHT_DTYPES)}") from None
 
 
+def computes_bf16(device: str | torch.device) -> bool:
+    """Whether ``device`` computes in bf16 natively: CUDA GPUs from Ampere on (compute
+    capability 8.0; older ones only emulate it, slowly), every ROCm GPU, and other devices."""
+    device = torch.device(device)
+    if device.type != "cuda" or torch.version.hip:
+        return True
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def check_dtype_supported(dtype: str | torch.dtype, device: str | torch.device) -> None:
     """One sentence, before anything loads, when ``device`` cannot compute in ``dtype``
     (bf16 on CUDA GPUs before Ampere, which only emulate it)."""
     device = torch.device(device)
     if resolve_dtype(dtype) != torch.bfloat16 or device.type != "cuda" or not torch.cuda.is_available():
         return
-    if not torch.cuda.is_bf16_supported(including_emulation=False):
+    if not computes_bf16(device):
         raise ValueError(f"{torch.cuda.get_device_name(device)} cannot compute in bf16: choose fp16 (or fp32) "
                          "for the models on this GPU")
 

@@ -171,9 +171,11 @@ def test_bf16_on_a_gpu_without_it_is_refused_in_one_sentence(monkeypatch):
     from pyramid_core.loading import check_dtype_supported
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
     with pytest.raises(ValueError, match="^Tesla T4 cannot compute in bf16: choose fp16 \\(or fp32\\)"):
         check_dtype_supported("bf16", "cuda:0")
     check_dtype_supported("fp16", "cuda:0")
     check_dtype_supported("bf16", "cpu")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))     # A100
+    check_dtype_supported("bf16", "cuda:0")
