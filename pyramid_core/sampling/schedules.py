@@ -82,10 +82,13 @@ class GuidanceByTime:
         lines = tuple(parse_timed_lines(text, "guidance schedule"))
         for line in lines:
             try:
-                check_guidance_scale(float(line.value), "guidance")
+                value = float(line.value)
+            except ValueError:
+                value = line.value                      # not a number: the check below says so
+            try:
+                check_guidance_scale(value, "guidance")
             except ValueError as err:
-                reason = err if "guidance" in str(err) else "guidance must be a finite number"
-                raise ValueError(f"guidance schedule, {line}: {reason}") from None
+                raise ValueError(f"guidance schedule, {line}: {err}") from None
         return cls(lines)
 
     def scale(self, unit: int, seconds: float) -> float:
