@@ -51,6 +51,30 @@ def comfyui_location() -> tuple[Path, str]:
     return comfy_dir, python
 
 
+def prepare_base_dir(base_dir: Path) -> None:
+    """A ComfyUI ``--base-directory``: its folders, and this pack linked into custom_nodes."""
+    for sub in ("custom_nodes", "models", "input", "output", "temp", "user"):
+        (base_dir / sub).mkdir(parents=True, exist_ok=True)
+    link = base_dir / "custom_nodes" / PACK_NAME
+    if not link.exists():
+        link.symlink_to(PACK_ROOT, target_is_directory=True)
+
+
+def wait_until_ready(url: str, process: subprocess.Popen, timeout: float) -> None:
+    """Wait until the server at ``url`` answers ``/system_stats``; :class:`ComfyUIError` if
+    ``process`` exits first or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ComfyUIError(f"ComfyUI exited with code {process.returncode} while starting")
+        try:
+            urllib.request.urlopen(url + "/system_stats", timeout=2).close()
+            return
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            time.sleep(0.25)
+    raise ComfyUIError(f"ComfyUI did not answer {url}/system_stats within {timeout:.0f} s")
+
+
 class ComfyUIServer:
     """One headless ComfyUI process on 127.0.0.1 with this pack loaded.
 
@@ -86,17 +110,10 @@ class ComfyUIServer:
     def output_dir(self) -> Path:
         return self.base_dir / "output"
 
-    def _prepare_base_dir(self) -> None:
-        for sub in ("custom_nodes", "models", "input", "output", "temp", "user"):
-            (self.base_dir / sub).mkdir(parents=True, exist_ok=True)
-        link = self.base_dir / "custom_nodes" / PACK_NAME
-        if not link.exists():
-            link.symlink_to(PACK_ROOT, target_is_directory=True)
-
     # -- lifecycle ------------------------------------------------------------------------
     def start(self, attempts: int = 3) -> "ComfyUIServer":
         """Start the server on a free port and wait until ``/system_stats`` answers."""
-        self._prepare_base_dir()
+        prepare_base_dir(self.base_dir)
         for attempt in range(attempts):
             self.port = free_port()
             self._spawn()
@@ -127,18 +144,10 @@ class ComfyUIServer:
         log.close()
 
     def _wait_until_ready(self) -> None:
-        deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise ComfyUIError(f"ComfyUI exited with code {self.process.returncode} while starting"
-                                   + self.log_excerpt())
-            try:
-                self.get_json("/system_stats", timeout=2)
-                return
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                time.sleep(0.25)
-        raise ComfyUIError(f"ComfyUI did not answer /system_stats within {self.startup_timeout:.0f} s"
-                           + self.log_excerpt())
+        try:
+            wait_until_ready(self.url, self.process, self.startup_timeout)
+        except ComfyUIError as err:
+            raise ComfyUIError(str(err) + self.log_excerpt()) from None
 
     def stop(self, timeout: float = 15.0) -> None:
         """End the server and its process group; waits at most ``2 * timeout`` seconds."""

@@ -21,18 +21,18 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from comfyui_harness import PACK_NAME, PACK_ROOT, comfyui_location  # noqa: E402
+from comfyui_harness import (PACK_ROOT, ComfyUIError, comfyui_location, prepare_base_dir,  # noqa: E402
+                             wait_until_ready)
 import tiny_checkpoints  # noqa: E402
 
 STAND_INS = PACK_ROOT / ".cache" / "stand-ins"
 DIT_SUFFIXES = (".safetensors", ".sft", ".bin", ".pt", ".pth")
+STARTUP_TIMEOUT = 180.0     # seconds; a first start unpacks the frontend and imports torch
 
 
 def has_pyramid_dit(models_dir: Path) -> bool:
@@ -51,11 +51,7 @@ def has_pyramid_dit(models_dir: Path) -> bool:
 
 def prepare_stand_ins(base: Path) -> None:
     """A ComfyUI base directory with the stand-in models, input media and this pack."""
-    for sub in ("custom_nodes", "models", "input", "output", "temp", "user"):
-        (base / sub).mkdir(parents=True, exist_ok=True)
-    link = base / "custom_nodes" / PACK_NAME
-    if not link.exists():
-        link.symlink_to(PACK_ROOT, target_is_directory=True)
+    prepare_base_dir(base)
     tiny_checkpoints.write_stand_ins(base / "models", base / "input")
 
 
@@ -71,19 +67,6 @@ def write_stand_in_workflows(url: str, base: Path) -> list[Path]:
         target.write_text(json.dumps(tiny_checkpoints.shrink_ui(path.stem, object_info), indent=1))
         written.append(target)
     return written
-
-
-def wait_until_ready(url: str, process: subprocess.Popen, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"ComfyUI exited with code {process.returncode} while starting")
-        try:
-            urllib.request.urlopen(url + "/system_stats", timeout=2).close()
-            return
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-            time.sleep(0.25)
-    raise SystemExit(f"ComfyUI did not answer on {url} within {timeout:.0f} s")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,7 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     url = f"http://127.0.0.1:{args.port}"
     process = subprocess.Popen(command, cwd=comfy_dir)
     try:
-        wait_until_ready(url, process)
+        try:
+            wait_until_ready(url, process, STARTUP_TIMEOUT)
+        except ComfyUIError as err:
+            raise SystemExit(f"[serve] {err}") from None
         if stand_ins:
             written = write_stand_in_workflows(url, STAND_INS)
             print(f"[serve] {len(written)} stand-in workflows in the Workflows panel under stand-ins/", flush=True)
