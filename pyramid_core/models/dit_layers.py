@@ -314,12 +314,24 @@ class PyramidDiTMixin:
 
     Configs written by the official loader carry runtime switches (``use_flash_attn``,
     gradient checkpointing) that are not architecture: they are dropped on load. Both models
-    name their conditioning and output layers alike, so one initialisation serves both.
+    name their conditioning and output layers alike, so one initialisation serves both, and
+    both let a parallel runtime swap the token layout their blocks run on.
     """
 
     @classmethod
     def extract_init_dict(cls, config_dict, **kwargs):
         return super().extract_init_dict(drop_runtime_keys(config_dict), **kwargs)
+
+    _layout_hook = None
+
+    def set_layout_hook(self, hook) -> None:
+        """Run later calls on ``hook(layout)`` instead of each call's :class:`TokenLayout`
+        (sequence parallelism installs its sharded layout this way); None restores the plain one."""
+        self._layout_hook = hook
+
+    def token_layout(self, layout):
+        """The layout the blocks of this call run on (see :meth:`set_layout_hook`)."""
+        return layout if self._layout_hook is None else self._layout_hook(layout)
 
     def init_weights(self) -> None:
         """adaLN-Zero initialisation for training from scratch (see :func:`init_dit_weights`)."""

@@ -191,6 +191,11 @@ class TokenLayout:
 
     # -- the two streams --------------------------------------------------------------------
 
+    def scatter_image(self, x: torch.Tensor) -> torch.Tensor:
+        """The image stream ``(B, L_img, ...)`` as the blocks of this process hold it: all of it
+        here; a share of it under sequence parallelism (:mod:`pyramid_core.parallel.sequence`)."""
+        return x
+
     def _image_rows(self, p: torch.Tensor) -> torch.Tensor:
         return p.view(self.batch, self.num_entries, -1)  # (B*S, D) -> (B, S, D)
 

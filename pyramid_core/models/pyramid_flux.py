@@ -205,12 +205,13 @@ class PyramidFluxTransformer(PyramidDiTMixin, ModelMixin, ConfigMixin):
             layout = TokenLayout(entries, LATENT_PATCH, encoder_attention_mask, text_len,
                                  frame_causal=self.config.use_temporal_causal)
             layout.set_rope(rope_angles(layout.positions, self.config.axes_dims_rope))  # (L_img, K/2)
+            layout = self.token_layout(layout)
         layout.check_rows(encoder_hidden_states, pooled_projections, timestep_ratio)
 
         temb = self.time_text_embed(timestep_ratio, pooled_projections)  # (B*S, D)
         c = self.context_embedder(encoder_hidden_states)  # (B*S, L_txt, D)
         tokens = [patchify(clip, LATENT_PATCH) for clips in entries for clip in clips]  # [(B, L_j, 64)]
-        x = self.x_embedder(torch.cat(tokens, dim=1).to(c.dtype))  # (B, L_img, D)
+        x = self.x_embedder(layout.scatter_image(torch.cat(tokens, dim=1)).to(c.dtype))  # (B, L_img, D)
 
         for block in (*self.transformer_blocks, *self.single_transformer_blocks):
             x, c = run_block(self, block, x, c, temb, layout)  # (B, L_img, D), (B*S, L_txt, D)

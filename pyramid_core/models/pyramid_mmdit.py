@@ -277,12 +277,13 @@ class PyramidDiffusionMMDiT(PyramidDiTMixin, ModelMixin, ConfigMixin):
                                  frame_causal=cfg.use_temporal_causal)
             if cfg.add_temp_pos_embed:
                 layout.set_rope(rope_angles(layout.positions[:, :1], [cfg.attention_head_dim]))  # (L_img, K/2)
+            layout = self.token_layout(layout)
         layout.check_rows(encoder_hidden_states, pooled_projections, timestep_ratio)
 
         temb = self.time_text_embed(timestep_ratio, pooled_projections)  # (B*S, D)
         c = self.context_embedder(encoder_hidden_states)  # (B*S, L_txt, D)
         tokens = [self.pos_embed(clip.to(c.dtype), clips[-1].shape[-2:]) for clips in entries for clip in clips]  # [(B, L_j, D)]
-        x = torch.cat(tokens, dim=1)  # (B, L_img, D)
+        x = layout.scatter_image(torch.cat(tokens, dim=1))  # (B, L_img, D)
 
         for block in self.transformer_blocks:
             x, c = run_block(self, block, x, c, temb, layout)  # (B, L_img, D), (B*S, L_txt, D)

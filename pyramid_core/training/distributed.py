@@ -1,9 +1,8 @@
 """Distributed plumbing at the edge of the trainers: torchrun init, DDP/FSDP wrapping, reductions.
 
-Launch with ``torchrun --nproc_per_node N python -m pyramid_core train-vae ...``: ``RANK``,
-``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` come from the environment
-(``env://``). Without them everything runs as one process and the helpers are no-ops. The
-backend is NCCL on CUDA and gloo on the CPU.
+Launch with ``torchrun --nproc_per_node N -m pyramid_core train-vae ...``; joining the process
+group (:func:`init_distributed`) and leaving it (:func:`cleanup`) live in
+:mod:`pyramid_core.distributed`, shared with generation, and are re-exported here.
 
 Trainers call the model through the wrapper and read or write weights through
 :func:`model_state_dict` / :func:`load_model_state_dict`, which gather full tensors under
@@ -13,82 +12,14 @@ FSDP, so checkpoints look the same however the run was sharded.
 from __future__ import annotations
 
 import logging
-import os
-import time
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..distributed import DistInfo, barrier, cleanup, init_distributed  # noqa: F401 (re-exported)
+
 log = logging.getLogger("pyramid_core.training")
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    """Where this process sits in the run."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def init_distributed(device: str | None = None) -> DistInfo:
-    """Join the process group described by the torchrun environment (or run alone).
-
-    Args:
-        device: ``"cpu"``, ``"cuda"`` or None (CUDA when available). Each rank uses
-            ``cuda:LOCAL_RANK``.
-    """
-    rank = int(os.environ.get("RANK", 0))
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
-    dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
-    if use_cuda:
-        torch.cuda.set_device(dev)
-    if world_size > 1 and not dist.is_initialized():
-        missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
-        if missing:
-            raise RuntimeError(f"WORLD_SIZE={world_size} but {missing} unset: launch with torchrun")
-        dist.init_process_group("nccl" if use_cuda else "gloo", init_method="env://",
-                                rank=rank, world_size=world_size)
-    return DistInfo(rank, world_size, local_rank, dev)
-
-
-# How long the main thread lets go of the GIL before the interpreter may shut down; see cleanup().
-WORKER_DRAIN_SECONDS = 0.2
-
-
-def cleanup() -> None:
-    """Leave the process group at the end of a run: every rank first finishes every collective.
-
-    Then the main thread lets go of the GIL for a moment. A gloo worker thread frees a finished
-    collective's tensors after the collective has completed, and freeing a tensor that Python
-    once held takes the GIL. If the interpreter is already shutting down by then, CPython ends
-    that thread, C++ calls ``std::terminate`` and the rank dies with SIGABRT ("terminate called
-    without an active exception") after a successful run: seen about once in 40 two-rank FSDP
-    runs, with a core dump showing exactly that stack. ``destroy_process_group`` does not stop
-    gloo's worker threads, so it cannot prevent it.
-    """
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-        time.sleep(WORKER_DRAIN_SECONDS)
-
-
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
 
 
 def setup_logging(info: DistInfo, level: int = logging.INFO) -> None:

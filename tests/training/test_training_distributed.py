@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,16 +13,11 @@ from pyramid_core.training.distributed import DistInfo, all_reduce_mean, init_di
 from pyramid_core.training.logs import read_metrics
 from pyramid_core.training.synthetic import make_moving_shapes
 from pyramid_core.training.vae_trainer import train_vae
+from support import torchrun
 
 REPO = Path(__file__).resolve().parents[2]
 VAE_CONFIG = REPO / "tests" / "data" / "golden" / "config_vae_tiny.json"
 STEPS = 5
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _config(root: Path, anno: Path, out: Path, **extra) -> dict:
@@ -38,10 +29,7 @@ def _config(root: Path, anno: Path, out: Path, **extra) -> dict:
 
 
 def _torchrun(cfg_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "pyramid_core.training.cli", "train-vae", "--config", str(cfg_path)]
-    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=240)
+    done = torchrun(2, "-m", "pyramid_core.training.cli", "train-vae", "--config", str(cfg_path), timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
