@@ -1,4 +1,5 @@
-"""Command line: ``python -m pyramid_core generate {t2v,i2v,continue} ...`` and ``fit-preview``.
+"""Command line: ``python -m pyramid_core generate {t2v,i2v,continue} ...``, ``generate-batch``
+and ``fit-preview``.
 
 Models come from an official checkpoint folder (``--model-dir`` holding
 ``diffusion_transformer_384p/``, ``_768p/`` or ``_image/``, ``causal_video_vae/`` and the
@@ -17,26 +18,34 @@ Examples::
     python -m pyramid_core generate t2v --model-dir pyramid-flow-miniflux --variant miniflux-image \\
         --prompt "a red fox in the snow" --width 1280 --height 768 --frames 1 --output fox.png
     python -m pyramid_core fit-preview --vae my_finetuned_vae/ --inputs my_clips/ --out my_preview.json
+
+At scale, under ``torchrun`` (one node or many): ``generate --parallel cfg|sequence|cfg+sequence``
+makes one video on several processes; ``generate-batch --prompts jobs.jsonl --out-dir DIR``
+gives each process (or each parallel group) its share of many videos, resumably::
+
+    torchrun --nproc_per_node 2 -m pyramid_core generate t2v --model-dir ... --prompt "..." --parallel cfg
+    torchrun --nproc_per_node 8 -m pyramid_core generate-batch --prompts jobs.jsonl --out-dir out/ --model-dir ...
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 
-from .compile import COMPILE_MODES, check_compile_available, compile_dit
-from .latents import decode_from_latents
-from .sampling import HistoryConfig, continue_video, encode_text, image_to_video, image_to_pixels, text_to_video
+from .compile import COMPILE_MODES, check_compile_available
+from .distributed import DistInfo, cleanup, init_distributed, launch_world_size
+from .generation import trim_to_vae_length
+from .parallel import PARALLEL_MODES, ParallelGroups, make_groups, plan_parallel
+from .sampling import encode_text
 from .sampling.settings import SamplingSettings
-from .sizes import (VAE_TEMPORAL_FACTOR, check_sampler_fits, check_video_size, frames_for_seconds, free_host_memory,
-                    latent_frames, latent_shape)
-from .variants import (DEFAULT_NEGATIVE_PROMPT, IMAGE_TO_VIDEO_GUIDANCE, PROMPT_SUFFIX, VARIANTS, choose_variant,
-                       get_variant)
-from .video_io import IMAGE_SUFFIXES, frames_to_pixels, frames_to_uint8, read_image, read_video, write_image, write_video
+from .sizes import check_sampler_fits, check_video_size, frames_for_seconds, free_host_memory, latent_frames, latent_shape
+from .variants import DEFAULT_NEGATIVE_PROMPT, PROMPT_SUFFIX, VARIANTS, choose_variant, get_variant
+from .video_io import frames_to_pixels, read_video
 
 # Official folder layout: the DiT subfolders a release may hold, in the order they are
 # picked when --variant does not say (the 384p model first: the fastest), and the VAE.
@@ -97,21 +106,6 @@ def _expected_variant(args, dit_path: Path):
     return max(guesses, key=lambda v: v.width * v.height)
 
 
-def _load_models(args, paths: tuple[Path, Path, Path]):
-    from .loading import load_dit, load_vae, model_kind, resolve_dtype
-    from .models.text_encoders import PyramidTextEncoder
-
-    dit_path, vae_path, text_path = paths
-    dit = load_dit(dit_path, dtype=args.dtype, device=args.device)
-    if args.compile != "off":
-        compile_dit(dit, mode=args.compile, device=args.device)
-    variant, why = choose_variant(model_kind(dit), str(dit_path), args.variant or "auto")
-    print(f"variant {why}", file=sys.stderr)
-    vae = load_vae(vae_path, dtype=args.vae_dtype or args.dtype, device=args.device)
-    text_encoder = PyramidTextEncoder.from_pretrained(text_path, dtype=resolve_dtype(args.dtype), device=args.device)
-    return dit, vae, text_encoder, variant
-
-
 def _num_frames(args) -> int:
     if args.frames is not None:
         return args.frames
@@ -135,14 +129,6 @@ def _progress_bar():
     return report
 
 
-def _trim_to_vae_length(frames: torch.Tensor) -> torch.Tensor:
-    """Keep the longest ``1 + 8k`` prefix (the causal VAE's clip lengths)."""
-    keep = 1 + (frames.shape[0] - 1) // VAE_TEMPORAL_FACTOR * VAE_TEMPORAL_FACTOR
-    if keep != frames.shape[0]:
-        print(f"note: using the first {keep} of {frames.shape[0]} frames (the VAE takes 1 + 8k frames)", file=sys.stderr)
-    return frames[:keep]
-
-
 # --------------------------------------------------------------------------------------
 # generate
 # --------------------------------------------------------------------------------------
@@ -163,30 +149,31 @@ def _check_device(device: str) -> None:
         raise ValueError(f"--device {device}: Apple's MPS is not available here; use --device cpu")
 
 
-def _sampling(args, variant) -> dict:
-    """Steps and guidance: the command line's, else the reference's for this variant and mode."""
-    video_guidance = IMAGE_TO_VIDEO_GUIDANCE if args.mode == "i2v" else variant.video_guidance_scale
-    return dict(steps=args.steps or list(variant.steps), video_steps=args.video_steps or list(variant.video_steps),
-                guidance_scale=variant.guidance_scale if args.guidance is None else args.guidance,
-                video_guidance_scale=video_guidance if args.video_guidance is None else args.video_guidance)
-
-
 def _check_sampling(args, variant) -> None:
-    sampling = _sampling(args, variant)
+    from .generation import sampling_options
+
+    sampling = sampling_options(args, variant)
     SamplingSettings.create(variant.num_stages, sampling["steps"], sampling["video_steps"],
                             sampling["guidance_scale"], sampling["video_guidance_scale"])
 
 
-def _check_args(args) -> tuple[int, tuple[Path, Path, Path]]:
-    """Everything that can be checked before a model loads; returns the pixel frame count and
-    the model paths."""
+def _check_run_args(args) -> None:
+    """What holds for the whole run and needs no file: device, dtypes, compile."""
     from .loading import check_dtype_supported
 
     _check_device(args.device)
+    if launch_world_size() > 1 and torch.device(args.device).type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {args.device}: under torchrun each process takes cuda:LOCAL_RANK (--device "
+                         "cuda) or the CPU")
     for dtype in {args.dtype, args.vae_dtype or args.dtype}:
         check_dtype_supported(dtype, args.device)
     if args.compile != "off":
         check_compile_available(args.device)
+
+
+def _check_request_options(args) -> int:
+    """One video's own options (length, size, steps, guidance, input files); returns its pixel
+    frame count."""
     num_frames = _num_frames(args)
     latent_frames(num_frames)
     if (args.width is None) != (args.height is None):
@@ -198,8 +185,12 @@ def _check_args(args) -> tuple[int, tuple[Path, Path, Path]]:
         path = getattr(args, name)
         if path and not Path(path).is_file():
             raise FileNotFoundError(f"--{name} {path}: no such file")
-    paths = _resolve_paths(args)
-    variant = _expected_variant(args, paths[0])
+    return num_frames
+
+
+def _check_request_fits(args, num_frames: int, dit_path: Path) -> None:
+    """One video against the model it will run on: image-only variants, host memory."""
+    variant = _expected_variant(args, dit_path)
     if variant.image_only and num_frames > 1:
         raise ValueError(f"{variant.name} makes single images: ask for --frames 1 (or --seconds 0), or use a "
                          "384p or 768p video model")
@@ -207,38 +198,98 @@ def _check_args(args) -> tuple[int, tuple[Path, Path, Path]]:
     free = free_host_memory()
     if free is not None:   # the noise of the whole video is drawn in host memory
         check_sampler_fits(latent_shape(width, height, num_frames), free, "host memory")
+
+
+def _check_args(args) -> tuple[int, tuple[Path, Path, Path]]:
+    """Everything that can be checked before a model loads; returns the pixel frame count and
+    the model paths."""
+    _check_run_args(args)
+    num_frames = _check_request_options(args)
+    paths = _resolve_paths(args)
+    _check_request_fits(args, num_frames, paths[0])
     return num_frames, paths
 
 
-def generate(args) -> Path:
+def _join_launch(args, plan) -> tuple[DistInfo, ParallelGroups]:
+    """Join torchrun's process group (when there is one) and make ``plan``'s groups;
+    ``args.device`` becomes this rank's device."""
+    if launch_world_size() == 1:
+        info = DistInfo(device=torch.device(args.device))
+        return info, ParallelGroups(plan, info)
+    info = init_distributed(args.device)
+    args.device = str(info.device)
+    return info, make_groups(plan, info)
+
+
+def generate(args) -> Optional[Path]:
+    """One video; under torchrun with ``--parallel`` on every rank, written by rank 0 (the others
+    return None)."""
+    from .generation import decode_frames, load_models, sample_latents, write_frames
+
+    plan = plan_parallel(args.parallel, launch_world_size(), args.sequence_size, one_video=True)
     num_frames, paths = _check_args(args)
-    history = HistoryConfig(recent_units=args.recent_units, max_frames=args.history_frames)
-    dit, vae, text_encoder, variant = _load_models(args, paths)
-    generator = torch.Generator(device="cpu").manual_seed(args.seed)
-    text = encode_text(text_encoder, args.prompt, args.negative_prompt, args.prompt_suffix)
-    sampling = _sampling(args, variant)
-    common = dict(variant=variant, video_steps=sampling["video_steps"],
-                  video_guidance_scale=sampling["video_guidance_scale"], history=history, generator=generator,
-                  callback=_progress_bar())
-    if args.mode == "t2v":
-        latents = text_to_video(dit, text, width=args.width or variant.width, height=args.height or variant.height,
-                                num_frames=num_frames, steps=sampling["steps"],
-                                guidance_scale=sampling["guidance_scale"], **common)
-    elif args.mode == "i2v":
-        image = image_to_pixels(read_image(args.image)).to(args.device)
-        latents = image_to_video(dit, text, image=image, vae=vae, num_frames=num_frames,
-                                 width=args.width, height=args.height, **common)
-    else:
-        frames, _ = read_video(args.video)
-        pixels = frames_to_pixels(_trim_to_vae_length(frames)).to(args.device)
-        latents = continue_video(dit, text, video=pixels, vae=vae, num_frames=num_frames, **common)
-    pixels = decode_from_latents(vae, latents, variant, chunk_size=1, tile_size=args.vae_tile)
-    frames = frames_to_uint8(pixels)[0]
-    if Path(args.output).suffix.lower() in IMAGE_SUFFIXES:
-        if frames.shape[0] != 1:
-            raise ValueError(f"--output {args.output} is an image but the result has {frames.shape[0]} frames")
-        return write_image(args.output, frames[0])
-    return write_video(args.output, frames, fps=args.fps)
+    info, groups = _join_launch(args, plan)
+    try:
+        models = load_models(args, paths, groups if info.distributed else None)
+        text = encode_text(models.text_encoder, args.prompt, args.negative_prompt, args.prompt_suffix)
+        latents = sample_latents(args, models, num_frames, text, callback=_progress_bar() if groups.leader else None,
+                                 groups=groups if info.distributed else None)
+        if not groups.leader:
+            return None
+        return write_frames(args.output, decode_frames(args, models, latents), args.fps)
+    finally:
+        cleanup()
+
+
+# --------------------------------------------------------------------------------------
+# generate-batch
+# --------------------------------------------------------------------------------------
+
+def generate_batch(args) -> dict:
+    """Every job of ``--prompts`` not done yet in ``--out-dir``, shared over the launch's ranks.
+
+    Returns the counts (``ok``, ``failed``, ``already_done``: over the launch on rank 0, the
+    rank's own elsewhere; ``texts_encoded``: this rank's); rank 0 prints them as one JSON line."""
+    from .batch import read_jobs, run_batch
+    from .generation import TextCache, decode_frames, load_models, sample_latents, write_frames
+    from .batch.run import save_latents
+
+    plan = plan_parallel(args.parallel, launch_world_size(), args.sequence_size, one_video=False,
+                         command="generate-batch")
+    _check_run_args(args)
+    paths = _resolve_paths(args)
+    out_dir = Path(args.out_dir)
+
+    def check(request) -> int:
+        num_frames = _check_request_options(request)
+        _check_request_fits(request, num_frames, paths[0])
+        return num_frames
+
+    defaults = argparse.Namespace(**vars(args), image=None, video=None, mode="t2v")
+    jobs = read_jobs(args.prompts, defaults, out_dir, save_latents=args.save_latents, check=check)
+    info, groups = _join_launch(args, plan)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        models = load_models(args, paths, groups if info.distributed else None)
+        texts = TextCache(models.text_encoder)
+        parallel = groups if info.distributed else None
+
+        def generate_one(job):
+            request = job.request
+            text = texts.conditioning(request.prompt, request.negative_prompt, request.prompt_suffix)
+            latents = sample_latents(request, models, job.num_frames, text, groups=parallel)
+            if groups.leader:
+                if job.latents is not None:
+                    save_latents(job.latents, latents, job, models.variant.name)
+                write_frames(job.output, decode_frames(request, models, latents), request.fps)
+
+        counts = run_batch(jobs, out_dir, groups, generate_one)
+        counts["texts_encoded"] = texts.encoded            # by this rank: each distinct text once
+        if info.is_main:
+            print(json.dumps({**counts, "results": str(out_dir / "results.jsonl")}))
+        return counts
+    finally:
+        cleanup()
 
 
 # --------------------------------------------------------------------------------------
@@ -267,7 +318,7 @@ def _clip_for_fit(path: Path, size: int, max_frames: int) -> torch.Tensor:
     """A file's first ``1 + 8k <= max_frames`` frames, its longer side scaled to ``size`` px
     (both sides multiples of 8), as ``(3, F, H, W)`` pixels in [-1, 1]."""
     frames, _ = read_video(path)                                                     # (F, H, W, 3) uint8
-    frames = _trim_to_vae_length(frames[:max_frames])
+    frames = trim_to_vae_length(frames[:max_frames])
     height, width = frames.shape[1:3]
     scale = size / max(height, width)
     target = [max(8, round(side * scale / 8) * 8) for side in (height, width)]
@@ -300,15 +351,13 @@ TRAINING_TOOLS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pyramid_core", description="Pyramid Flow video generation")
-    commands = parser.add_subparsers(dest="command", required=True)
-    gen = commands.add_parser("generate", help="generate a video and write an mp4")
-    gen.add_argument("mode", choices=("t2v", "i2v", "continue"), help="text-to-video, image-to-video, continuation")
-    gen.add_argument("--prompt", required=True)
-    gen.add_argument("--negative-prompt", default=DEFAULT_NEGATIVE_PROMPT)
-    gen.add_argument("--prompt-suffix", default=PROMPT_SUFFIX, help="appended to the prompt (default: %(default)r)")
-    models = gen.add_argument_group("models")
+def _add_generation_options(parser: argparse.ArgumentParser, batch: bool) -> None:
+    """The options of ``generate``; for ``generate-batch`` they are every job's defaults."""
+    if batch:
+        parser.add_argument("--prompt", help="default prompt of jobs that give none")
+    parser.add_argument("--negative-prompt", default=DEFAULT_NEGATIVE_PROMPT)
+    parser.add_argument("--prompt-suffix", default=PROMPT_SUFFIX, help="appended to the prompt (default: %(default)r)")
+    models = parser.add_argument_group("models")
     models.add_argument("--model-dir", help="official folder (diffusion_transformer_*/, causal_video_vae/, text encoders)")
     models.add_argument("--dit", help="DiT folder or single .safetensors file")
     models.add_argument("--vae", help="VAE folder or single .safetensors file")
@@ -316,21 +365,32 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--variant", choices=sorted(VARIANTS), help="default: detected from the DiT")
     models.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
     models.add_argument("--vae-dtype", choices=("bf16", "fp16", "fp32"), help="default: --dtype")
-    models.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    models.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="under torchrun, cuda means cuda:LOCAL_RANK")
     models.add_argument("--compile", default="off", choices=("off", *COMPILE_MODES),
                         help="torch.compile the DiT blocks (dynamic shapes; the first video compiles a while)")
-    video = gen.add_argument_group("video")
-    video.add_argument("--image", help="i2v: the first frame (png, jpg, ...)")
-    video.add_argument("--video", help="continue: the clip to continue")
+    scale = parser.add_argument_group("several processes (under torchrun)")
+    scale.add_argument("--parallel", default="none", choices=PARALLEL_MODES,
+                       help="one video on several processes: cfg (2: negative and positive prompt apart), "
+                            "sequence (N: the attention heads split, Ulysses), cfg+sequence (2 x N)")
+    scale.add_argument("--sequence-size", type=int,
+                       help="processes per video in sequence parallelism (default: all of the launch's; with "
+                            "generate-batch a smaller size runs several videos side by side)")
+    video = parser.add_argument_group("video")
+    if not batch:
+        video.add_argument("--image", help="i2v: the first frame (png, jpg, ...)")
+        video.add_argument("--video", help="continue: the clip to continue")
     video.add_argument("--width", type=int, help="pixels, a multiple of 64 (t2v default: the variant's)")
     video.add_argument("--height", type=int)
     length = video.add_mutually_exclusive_group()
     length.add_argument("--frames", type=int, help="pixel frames of the result, 1 + 8k")
     length.add_argument("--seconds", type=float, default=5.0, help="length at 24 fps (default %(default)s)")
     video.add_argument("--fps", type=int, default=24)
-    video.add_argument("--output", default="pyramid_flow.mp4",
-                       help="an .mp4, or an image file (.png, .jpg, .webp) for a 1-frame result such as the 1024p model's")
-    sampling = gen.add_argument_group("sampling")
+    if not batch:
+        video.add_argument("--output", default="pyramid_flow.mp4",
+                           help="an .mp4, or an image file (.png, .jpg, .webp) for a 1-frame result such as the "
+                                "1024p model's")
+    sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--steps", type=_per_stage, help="first frame, per stage (default: the variant's, 20,20,20)")
     sampling.add_argument("--video-steps", type=_per_stage, help="later units, per stage (default 10,10,10)")
     sampling.add_argument("--guidance", type=_per_stage_float,
@@ -341,6 +401,25 @@ def build_parser() -> argparse.ArgumentParser:
     sampling.add_argument("--history-frames", type=int, help="keep at most this many past latent frames")
     sampling.add_argument("--recent-units", type=int, default=1, help="recent units at full stage resolution")
     sampling.add_argument("--vae-tile", type=int, help="decode in tiles of this many pixels (saves memory)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pyramid_core", description="Pyramid Flow video generation")
+    commands = parser.add_subparsers(dest="command", required=True)
+    gen = commands.add_parser("generate", help="generate a video and write an mp4")
+    gen.add_argument("mode", choices=("t2v", "i2v", "continue"), help="text-to-video, image-to-video, continuation")
+    gen.add_argument("--prompt", required=True)
+    _add_generation_options(gen, batch=False)
+    batch = commands.add_parser(
+        "generate-batch", help="generate every job of a JSONL file (resumable; under torchrun on every process)",
+        description="One job per JSONL line: {\"id\": \"fox-1\", \"prompt\": \"...\", \"seed\": 1, \"seconds\": 5}, "
+                    "plus any generate option with _ for - (negative_prompt, width, steps, ...), \"image\" "
+                    "(image-to-video) or \"video\" (continuation). The options below are every job's defaults.")
+    batch.add_argument("--prompts", required=True, help="the jobs, a JSONL file")
+    batch.add_argument("--out-dir", required=True,
+                       help="writes <id>.mp4 (<id>.png for one frame) and results.jsonl; a rerun skips finished jobs")
+    batch.add_argument("--save-latents", action="store_true", help="also write <id>.safetensors with the latents")
+    _add_generation_options(batch, batch=True)
     fit = commands.add_parser("fit-preview", help="fit the preview colours to a VAE on your images and clips")
     fit.add_argument("--vae", required=True, help="the VAE: folder or single file")
     fit.add_argument("--inputs", nargs="+", required=True, help="images, videos, or folders of them")
@@ -375,16 +454,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 2
         return 0
-    if args.mode == "i2v" and not args.image:
+    if args.command == "generate" and args.mode == "i2v" and not args.image:
         print("error: i2v needs --image", file=sys.stderr)
         return 2
-    if args.mode == "continue" and not args.video:
+    if args.command == "generate" and args.mode == "continue" and not args.video:
         print("error: continue needs --video", file=sys.stderr)
         return 2
     try:
+        if args.command == "generate-batch":
+            return 1 if generate_batch(args)["failed"] else 0
         path = generate(args)
     except (ValueError, FileNotFoundError, MemoryError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(path)
+    if path is not None:
+        print(path)
     return 0

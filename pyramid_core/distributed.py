@@ -16,6 +16,12 @@ import torch
 import torch.distributed as dist
 
 
+def launch_world_size() -> int:
+    """Processes in this launch, from torchrun's environment (1 without torchrun); no process
+    group is needed to ask, so arguments can be checked before joining one."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 @dataclass(frozen=True)
 class DistInfo:
     """Where this process sits in the run."""
@@ -42,7 +48,7 @@ def init_distributed(device: str | None = None) -> DistInfo:
             ``cuda:LOCAL_RANK``.
     """
     rank = int(os.environ.get("RANK", 0))
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    world_size = launch_world_size()
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
     dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
