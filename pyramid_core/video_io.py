@@ -38,6 +38,13 @@ def frames_to_pixels(frames: torch.Tensor) -> torch.Tensor:
     return ((values - 0.5) / 0.5).permute(0, 4, 1, 2, 3).contiguous()
 
 
+def _temporary_name(path: Path) -> Path:
+    """Where a file is written before it is renamed to ``path``: hidden, so a folder of results
+    never shows a half-written file as one of them, and with ``path``'s suffix, which tells
+    FFmpeg the format."""
+    return path.with_name(f".{path.stem}.tmp{path.suffix}")
+
+
 def write_video(path: str | Path, frames: torch.Tensor, fps: int = FRAMES_PER_SECOND,
                 codec: str = "libx264", crf: int = 18) -> Path:
     """Write ``(T, H, W, 3)`` uint8 frames as an H.264 mp4 (yuv420p; H and W must be even).
@@ -54,7 +61,7 @@ def write_video(path: str | Path, frames: torch.Tensor, fps: int = FRAMES_PER_SE
         raise ValueError(f"H.264 needs an even frame size, got {width}x{height}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    tmp = _temporary_name(path)
     with av.open(str(tmp), mode="w") as container:
         stream = container.add_stream(codec, rate=Fraction(int(fps), 1))
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
@@ -85,7 +92,7 @@ def write_image(path: str | Path, frame: torch.Tensor) -> Path:
         raise ValueError(f"frame must be (H, W, 3) uint8, got {tuple(frame.shape)} {frame.dtype}")
     codec, pix_fmt = IMAGE_CODECS[path.suffix.lower()]
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    tmp = _temporary_name(path)
     with av.open(str(tmp), mode="w", format="image2", options={"update": "1"}) as container:
         stream = container.add_stream(codec, rate=1)
         stream.width, stream.height, stream.pix_fmt = frame.shape[1], frame.shape[0], pix_fmt

@@ -29,13 +29,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(nproc: int, *args: str, timeout: float = 300, env: dict | None = None, **kwargs):
-    """Run ``torchrun --nproc_per_node nproc ARGS`` (gloo on the CPU, one thread per rank) from the
-    repository root; returns the ``CompletedProcess`` (text output captured)."""
-    import subprocess
+def torchrun_command(nproc: int, *args: str, env: dict | None = None) -> tuple[list[str], dict]:
+    """``(command, environment)`` of ``torchrun --nproc_per_node nproc ARGS`` on 127.0.0.1 with
+    one thread per rank and this repository importable."""
     import sys
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
            "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *args]
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
+    return cmd, {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
+
+
+def torchrun(nproc: int, *args: str, timeout: float = 300, env: dict | None = None, **kwargs):
+    """Run :func:`torchrun_command` from the repository root (gloo on the CPU); returns the
+    ``CompletedProcess`` with its text output captured."""
+    import subprocess
+
+    cmd, env = torchrun_command(nproc, *args, env=env)
     return subprocess.run(cmd, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, **kwargs)
