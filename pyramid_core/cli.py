@@ -230,10 +230,10 @@ def generate(args) -> Optional[Path]:
     num_frames, paths = _check_args(args)
     info, groups = _join_launch(args, plan)
     try:
-        models = load_models(args, paths, groups if info.distributed else None)
+        models = load_models(args, paths, groups)
         text = encode_text(models.text_encoder, args.prompt, args.negative_prompt, args.prompt_suffix)
-        latents = sample_latents(args, models, num_frames, text, callback=_progress_bar() if groups.leader else None,
-                                 groups=groups if info.distributed else None)
+        latents = sample_latents(args, models, num_frames, text, groups,
+                                 callback=_progress_bar() if groups.leader else None)
         if not groups.leader:
             return None
         return write_frames(args.output, decode_frames(args, models, latents), args.fps)
@@ -250,9 +250,8 @@ def generate_batch(args) -> dict:
 
     Returns the counts (``ok``, ``failed``, ``already_done``: over the launch on rank 0, the
     rank's own elsewhere; ``texts_encoded``: this rank's); rank 0 prints them as one JSON line."""
-    from .batch import read_jobs, run_batch
+    from .batch import read_jobs, run_batch, save_latents
     from .generation import TextCache, decode_frames, load_models, sample_latents, write_frames
-    from .batch.run import save_latents
 
     plan = plan_parallel(args.parallel, launch_world_size(), args.sequence_size, one_video=False,
                          command="generate-batch")
@@ -270,14 +269,13 @@ def generate_batch(args) -> dict:
     info, groups = _join_launch(args, plan)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        models = load_models(args, paths, groups if info.distributed else None)
+        models = load_models(args, paths, groups)
         texts = TextCache(models.text_encoder)
-        parallel = groups if info.distributed else None
 
         def generate_one(job):
             request = job.request
             text = texts.conditioning(request.prompt, request.negative_prompt, request.prompt_suffix)
-            latents = sample_latents(request, models, job.num_frames, text, groups=parallel)
+            latents = sample_latents(request, models, job.num_frames, text, groups)
             if groups.leader:
                 if job.latents is not None:
                     save_latents(job.latents, latents, job, models.variant.name)

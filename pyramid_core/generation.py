@@ -42,7 +42,7 @@ class Models:
     variant: Variant
 
 
-def load_models(args, paths: tuple[Path, Path, Path], groups: Optional[ParallelGroups] = None) -> Models:
+def load_models(args, paths: tuple[Path, Path, Path], groups: ParallelGroups) -> Models:
     """DiT, VAE and text encoders from ``paths`` (DiT, VAE, text encoder folder) on ``args.device``;
     the DiT made parallel over ``groups`` (``ValueError`` when its heads do not split)."""
     from .loading import load_dit, load_vae, model_kind, resolve_dtype
@@ -51,10 +51,9 @@ def load_models(args, paths: tuple[Path, Path, Path], groups: Optional[ParallelG
     dit_path, vae_path, text_path = paths
     dit = load_dit(dit_path, dtype=args.dtype, device=args.device)
     variant, why = choose_variant(model_kind(dit), str(dit_path), args.variant or "auto")
-    if groups is None or groups.leader:
+    if groups.leader:
         print(f"variant {why}", file=sys.stderr)
-    if groups is not None:
-        dit = parallelize(dit, groups)
+    dit = parallelize(dit, groups)
     if args.compile != "off":
         compile_dit(getattr(dit, "dit", dit), mode=args.compile, device=args.device)
     vae = load_vae(vae_path, dtype=args.vae_dtype or args.dtype, device=args.device)
@@ -104,8 +103,7 @@ def trim_to_vae_length(frames: torch.Tensor) -> torch.Tensor:
     return frames[:keep]
 
 
-def _context_latents(args, models: Models, generator: torch.Generator,
-                     groups: Optional[ParallelGroups]) -> torch.Tensor:
+def _context_latents(args, models: Models, generator: torch.Generator, groups: ParallelGroups) -> torch.Tensor:
     """Normalised latents of the request's image (i2v) or clip (continue), the same on every
     rank of a video group: each rank encodes, then takes the leader's result."""
     device = next(models.vae.parameters()).device
@@ -122,12 +120,13 @@ def _context_latents(args, models: Models, generator: torch.Generator,
                          f"{args.width}x{args.height}; resize the {what} or leave width/height out")
     check_video_size(pixels.shape[-1], pixels.shape[-2])
     latents = encode_frames(models.vae, pixels, models.variant, generator=generator, sample=sample)
-    return latents if groups is None else broadcast_from_leader(latents, groups)
+    return broadcast_from_leader(latents, groups)
 
 
-def sample_latents(args, models: Models, num_frames: int, text: TextConditioning, *, callback=None,
-                   groups: Optional[ParallelGroups] = None) -> torch.Tensor:
-    """Normalised latents ``(1, 16, T, h, w)`` of one request (its seed, its mode)."""
+def sample_latents(args, models: Models, num_frames: int, text: TextConditioning, groups: ParallelGroups, *,
+                   callback=None) -> torch.Tensor:
+    """Normalised latents ``(1, 16, T, h, w)`` of one request (its seed, its mode), the same on every
+    rank of this rank's video group (``groups``: one rank alone without torchrun)."""
     variant = models.variant
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
     sampling = sampling_options(args, variant)
