@@ -22,6 +22,11 @@ def launch_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def launch_rank() -> int:
+    """This process's rank in the launch, from torchrun's environment (0 without torchrun)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 @dataclass(frozen=True)
 class DistInfo:
     """Where this process sits in the run."""
@@ -47,8 +52,7 @@ def init_distributed(device: str | None = None) -> DistInfo:
         device: ``"cpu"``, ``"cuda"`` or None (CUDA when available). Each rank uses
             ``cuda:LOCAL_RANK``.
     """
-    rank = int(os.environ.get("RANK", 0))
-    world_size = launch_world_size()
+    rank, world_size = launch_rank(), launch_world_size()
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
     dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")

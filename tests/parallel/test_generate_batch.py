@@ -204,3 +204,11 @@ def test_parallel_without_torchrun_says_what_to_launch(setup, tmp_path, capsys):
     assert main(["generate-batch", "--prompts", str(tmp_path / "j.jsonl"), "--out-dir", str(tmp_path),
                  "--parallel", "sequence", *options]) == 2
     assert "at least 2 processes" in capsys.readouterr().err
+
+
+def test_under_torchrun_a_bad_file_is_reported_once(setup, tmp_path):
+    _, options = setup
+    write_jobs(tmp_path / "dup.jsonl", [{"id": "a", "prompt": "x"}, {"id": "a", "prompt": "y"}])
+    done = torchrun(2, *batch_args(tmp_path, options, tmp_path / "o", jobs="dup.jsonl"), timeout=200)
+    assert done.returncode != 0
+    assert done.stderr.count('line 2: duplicate id "a"') == 1, done.stderr[-2000:]
