@@ -1,6 +1,6 @@
 """Varlen attention: our Triton kernels vs torch SDPA, at Pyramid Flow sequence lengths.
 
-    python benchmarks/attention.py [--cases 384p_16f 768p_31f] [--heads 24] [--seqs 2]
+    python benchmarks/attention.py [--cases 384p_16f 768p_31f] [--heads 24] [--seqs 2] [--portable]
 
 Prints one JSON line per (case, mask, pass): time, TFLOP/s and peak memory of ours and of the
 baseline, and their ratios (``speedup`` = baseline_ms / ours_ms, ``memory_ratio`` =
@@ -26,7 +26,12 @@ at quarter size (1/16 tokens). 16 latent frames = 5 s at 24 fps (384p), 31 = 10 
 * 768p_16f: 128 + 3840 + 3840 + 2*960 + 12*240  = 12608 tokens, frames 0..15
 * 768p_31f: 128 + 3840 + 3840 + 2*960 + 27*240  = 16208 tokens, frames 0..30
 
-Without CUDA it prints one JSON line saying it was skipped, and exits 0.
+Without CUDA the Triton comparison is skipped (one JSON line says so) and ``--portable``
+runs instead, which works on any device:
+
+* portable: the SDPA backend's frame-causal attention as it runs today (one unmasked SDPA
+  per frame over its key prefix) against the same backend with the dense boolean mask it used
+  before (``block_causal=False``), forward, medians of alternating rounds; fp32 on the CPU.
 """
 
 from __future__ import annotations
@@ -149,6 +154,47 @@ def run_case(name, heads, head_dim, seqs, device, passes):
             print(json.dumps(row), flush=True)
 
 
+def run_portable_case(name, heads, head_dim, seqs, device, dtype, rounds) -> None:
+    """Block-causal SDPA against the dense-mask SDPA, both through the SDPA backend."""
+    import statistics
+    import time
+
+    from pyramid_core.attention.sdpa import varlen_attention_sdpa
+
+    frame_tokens, num_frames = CASES[name]
+    frames_one = frame_layout(frame_tokens, num_frames)
+    length = frames_one.numel()
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(length * seqs, heads, head_dim, generator=g).to(device, dtype) for _ in range(3))
+    cu = torch.arange(0, length * seqs + 1, length, dtype=torch.int32).to(device)
+    frames = frames_one.repeat(seqs).to(device)
+
+    def timed(block_causal: bool) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        with torch.no_grad():
+            varlen_attention_sdpa(q, k, v, cu, frames, block_causal=block_causal)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    with torch.no_grad():
+        difference = (varlen_attention_sdpa(q, k, v, cu, frames) - varlen_attention_sdpa(
+            q, k, v, cu, frames, block_causal=False)).abs().max().item()
+    times = {True: [], False: []}
+    for _ in range(rounds):
+        for block_causal in (False, True):
+            times[block_causal].append(timed(block_causal))
+    blocks, masked = statistics.median(times[True]), statistics.median(times[False])
+    print(json.dumps({"bench": "varlen_attention_portable", "case": name, "mask": "frame", "pass": "fwd",
+                      "seqs": seqs, "tokens_per_seq": length, "heads": heads, "head_dim": head_dim,
+                      "dtype": str(dtype).removeprefix("torch."), "device": str(device),
+                      "block_causal_ms": round(blocks * 1e3, 2), "dense_mask_ms": round(masked * 1e3, 2),
+                      "speedup": round(masked / blocks, 3), "visible_fraction": round(
+                          visible_pairs(frames_one) / length**2, 3), "max_difference": difference}), flush=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
@@ -156,7 +202,15 @@ def main(argv=None) -> int:
     parser.add_argument("--head-dim", type=int, default=64, choices=[64, 128])
     parser.add_argument("--seqs", type=int, default=2, help="sequences packed per call")
     parser.add_argument("--passes", nargs="+", default=["fwd", "fwd+bwd"], choices=["fwd", "fwd+bwd"])
+    parser.add_argument("--portable", action="store_true",
+                        help="(also) the SDPA backend's block-causal path against its dense mask; default without CUDA")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds of the portable comparison")
     args = parser.parse_args(argv)
+    if args.portable or not torch.cuda.is_available():
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        for name in args.cases:
+            run_portable_case(name, args.heads, args.head_dim, args.seqs, device, dtype, args.rounds)
     if not torch.cuda.is_available():
         print(json.dumps({"bench": "varlen_attention", "skipped": True,
                           "reason": "no CUDA device: the Triton kernels and SDPA's flash backend need a GPU"}))

@@ -42,6 +42,35 @@ def test_sdpa_matches_reference(kv_heads, framed):
     torch.testing.assert_close(out, reference_varlen(q, k, v, cu, frames), atol=1e-5, rtol=1e-5)
 
 
+def test_frame_blocks_are_the_runs_of_non_decreasing_ids():
+    from pyramid_core.attention.sdpa import frame_blocks
+
+    assert frame_blocks(torch.tensor([0, 0, 1, 1, 1, 2], dtype=torch.int32)) == [2, 5, 6]
+    assert frame_blocks(torch.tensor([0], dtype=torch.int32)) == [1]
+    assert frame_blocks(torch.tensor([0, 2, 1], dtype=torch.int32)) is None
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_block_causal_sdpa_equals_the_masked_definition_with_gradients(kv_heads):
+    """The models' layout (text at frame 0, history clips, the noisy clip last): one unmasked
+    SDPA per frame over its key prefix gives the masked attention and its gradients."""
+    g = torch.Generator().manual_seed(3)
+    runs = [[7, 3, 3, 5, 9], [4, 11], [2, 1, 1, 1, 6, 6]]            # tokens per frame, per sequence
+    frames = torch.cat([torch.repeat_interleave(torch.arange(len(r), dtype=torch.int32), torch.tensor(r))
+                        for r in runs])
+    cu = make_cu_seqlens([sum(r) for r in runs])
+    total = int(cu[-1])
+    q, k, v = (torch.randn(total, h, 16, generator=g, requires_grad=True) for h in (4, kv_heads, kv_heads))
+    out = attn.varlen_attention(q, k, v, cu, frame_ids=frames, backend="sdpa")
+    expected = reference_varlen(q, k, v, cu, frames)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    upstream = torch.randn(out.shape, generator=g)
+    grads = torch.autograd.grad(out, (q, k, v), upstream)
+    reference_grads = torch.autograd.grad(expected, (q, k, v), upstream)
+    for got, want in zip(grads, reference_grads):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
 def test_dense_attention_is_sdpa():
     q = torch.randn(2, 3, 5, 8)
     mask = torch.ones(5, 5, dtype=torch.bool).tril()
