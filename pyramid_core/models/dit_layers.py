@@ -323,6 +323,20 @@ class PyramidDiTMixin:
         return super().extract_init_dict(drop_runtime_keys(config_dict), **kwargs)
 
     _layout_hook = None
+    _layout_cache = None            # (key, mask, TokenLayout) of the last call
+
+    def cached_layout(self, entries, mask: torch.Tensor | None, text_len: int, build):
+        """``build()``'s :class:`TokenLayout`, or the last call's when this call has the same clip
+        shapes, device and text mask: every step of a stage does (the layout, its RoPE tables,
+        packing index and frame ids are then built once per stage, not once per step)."""
+        key = (tuple(tuple(tuple(clip.shape) for clip in clips) for clips in entries), text_len,
+               str(entries[0][-1].device), None if mask is None else (tuple(mask.shape), mask.dtype))
+        cached = self._layout_cache
+        if cached is not None and cached[0] == key and (mask is None or torch.equal(mask, cached[1])):
+            return cached[2]
+        layout = build()
+        self._layout_cache = (key, None if mask is None else mask.clone(), layout)
+        return layout
 
     def set_layout_hook(self, hook) -> None:
         """Run later calls on ``hook(layout)`` instead of each call's :class:`TokenLayout`

@@ -73,6 +73,23 @@ def normalize_sample(sample) -> list[list[torch.Tensor]]:
     return entries
 
 
+def drop_padding_columns(text: torch.Tensor, mask: torch.Tensor | None):
+    """Text ``(N, L_txt, W)`` and its mask ``(N, L_txt)`` without the columns that are padding
+    in every row (T5 pads each prompt to 128 tokens; a prompt uses 20-40).
+
+    Exact: a padded token is never attended as a key, and nothing reads its own outputs, so
+    dropping it from the text stream's norms, projections and MLPs changes no output. Columns
+    some row uses stay (that row's padding is then masked as before). A mask that does not
+    fit the text is returned as it is, for the layout to report.
+    """
+    if mask is None or tuple(mask.shape) != tuple(text.shape[:2]):
+        return text, mask
+    keep = mask.bool().any(0)                                             # (L_txt,)
+    if bool(keep.all()):
+        return text, mask
+    return text[:, keep], mask[:, keep]
+
+
 def clip_grids(clips: list[torch.Tensor], patch: int) -> list[ClipGrid]:
     """Token grids of one entry's clips (time indices run on from clip to clip)."""
     grids, start = [], 0

@@ -28,7 +28,7 @@ from .dit_layers import (
     rope_angles,
     run_block,
 )
-from .dit_tokens import TokenLayout, joint_attention, normalize_sample, patchify
+from .dit_tokens import TokenLayout, drop_padding_columns, joint_attention, normalize_sample, patchify
 
 LATENT_PATCH = 2  # spatial patch of the token packing, fixed by the released weights
 QK_NORM_EPS = 1e-6
@@ -200,12 +200,18 @@ class PyramidFluxTransformer(PyramidDiTMixin, ModelMixin, ConfigMixin):
             S tensors ``(B, C, T, H, W)``: the prediction for each entry's noisy clip.
         """
         entries = normalize_sample(sample)
+        encoder_hidden_states, encoder_attention_mask = drop_padding_columns(encoder_hidden_states,
+                                                                             encoder_attention_mask)
         text_len = encoder_hidden_states.shape[1]
-        with torch.no_grad():
+
+        def build() -> TokenLayout:
             layout = TokenLayout(entries, LATENT_PATCH, encoder_attention_mask, text_len,
                                  frame_causal=self.config.use_temporal_causal)
             layout.set_rope(rope_angles(layout.positions, self.config.axes_dims_rope))  # (L_img, K/2)
-            layout = self.token_layout(layout)
+            return layout
+
+        with torch.no_grad():
+            layout = self.token_layout(self.cached_layout(entries, encoder_attention_mask, text_len, build))
         layout.check_rows(encoder_hidden_states, pooled_projections, timestep_ratio)
 
         temb = self.time_text_embed(timestep_ratio, pooled_projections)  # (B*S, D)

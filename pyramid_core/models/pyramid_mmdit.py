@@ -27,7 +27,7 @@ from .dit_layers import (
     rope_angles,
     run_block,
 )
-from .dit_tokens import TokenLayout, joint_attention, normalize_sample
+from .dit_tokens import TokenLayout, drop_padding_columns, joint_attention, normalize_sample
 
 QK_NORM_EPS = 1e-5  # SD3 keeps the default eps on its query/key norms
 
@@ -272,12 +272,19 @@ class PyramidDiffusionMMDiT(PyramidDiTMixin, ModelMixin, ConfigMixin):
         """
         cfg = self.config
         entries = normalize_sample(sample)
-        with torch.no_grad():
-            layout = TokenLayout(entries, cfg.patch_size, encoder_attention_mask, encoder_hidden_states.shape[1],
+        encoder_hidden_states, encoder_attention_mask = drop_padding_columns(encoder_hidden_states,
+                                                                             encoder_attention_mask)
+        text_len = encoder_hidden_states.shape[1]
+
+        def build() -> TokenLayout:
+            layout = TokenLayout(entries, cfg.patch_size, encoder_attention_mask, text_len,
                                  frame_causal=cfg.use_temporal_causal)
             if cfg.add_temp_pos_embed:
                 layout.set_rope(rope_angles(layout.positions[:, :1], [cfg.attention_head_dim]))  # (L_img, K/2)
-            layout = self.token_layout(layout)
+            return layout
+
+        with torch.no_grad():
+            layout = self.token_layout(self.cached_layout(entries, encoder_attention_mask, text_len, build))
         layout.check_rows(encoder_hidden_states, pooled_projections, timestep_ratio)
 
         temb = self.time_text_embed(timestep_ratio, pooled_projections)  # (B*S, D)

@@ -71,6 +71,44 @@ def test_padded_text_tokens_are_ignored(family):
 
 
 @pytest.mark.parametrize("family", TINY)
+def test_text_padded_in_every_row_never_enters_the_text_stream(family):
+    """T5 pads to 128 tokens: columns that no row uses are dropped before the text stream's
+    layers (exact: the same outputs as without them), so the blocks see the longest prompt."""
+    model, batch = tiny(family), training_batch(valid=(8, 5, 3))
+    widths = []
+    model.context_embedder.register_forward_pre_hook(lambda _, args: widths.append(args[0].shape[1]))
+    padded = dict(batch, encoder_hidden_states=torch.cat([batch["encoder_hidden_states"],
+                                                          torch.randn(3, 120, 32) * 1e3], dim=1),
+                  encoder_attention_mask=torch.cat([batch["encoder_attention_mask"],
+                                                    torch.zeros(3, 120, dtype=torch.int64)], dim=1))
+    with torch.no_grad():
+        ref, out = model(**batch), model(**padded)
+    assert widths == [8, 8]
+    for o, r in zip(out, ref):
+        torch.testing.assert_close(o, r, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", TINY)
+def test_the_token_layout_is_built_once_per_geometry(family):
+    """The steps of a stage share clip shapes and text mask: their layout is built once; a new
+    mask or new shapes build a new one, and a reused layout gives a fresh model's outputs."""
+    model, batch = tiny(family), training_batch()
+    with torch.no_grad():
+        first = model(**batch)
+        layout = model._layout_cache[2]
+        again = model(**dict(batch, timestep_ratio=batch["timestep_ratio"] * 0.5))
+        assert model._layout_cache[2] is layout
+        other_mask = batch["encoder_attention_mask"].clone()
+        other_mask[1, 4] = 0
+        model(**dict(batch, encoder_attention_mask=other_mask))
+        assert model._layout_cache[2] is not layout
+        fresh = tiny(family)(**dict(batch, timestep_ratio=batch["timestep_ratio"] * 0.5))
+    for a, b in zip(again, fresh):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not all(torch.equal(a, f) for a, f in zip(first, again))
+
+
+@pytest.mark.parametrize("family", TINY)
 def test_entries_do_not_see_each_other(family):
     """Packed entries are independent: changing one entry's latents leaves the others alone."""
     model, batch = tiny(family), training_batch()
