@@ -93,28 +93,13 @@ def batch_throughput(jobs: int, rounds: int) -> None:
 # 2. memory per rank of sequence parallelism
 # --------------------------------------------------------------------------------------
 
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
-
-
-def _reset_peak() -> bool:
-    """Set VmHWM (peak resident memory) to the current resident memory; False where Linux says no."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
 def memory_worker(out_dir: str) -> None:
     """Under torchrun: one forward of the medium DiT, sequence parallel over the launch when it has
     more than one rank; writes rank<r>.json."""
     import torch
 
     from dit_forward import CASES, MEDIUM, make_inputs
+    from memory import peak_above
     from pyramid_core.distributed import cleanup, init_distributed
     from pyramid_core.models import PyramidFluxTransformer
     from pyramid_core.parallel import make_groups, parallelize, plan_parallel
@@ -129,14 +114,11 @@ def memory_worker(out_dir: str) -> None:
                          dit.config)
     with torch.no_grad():
         dit(**small)                                             # first-call allocations out of the way
-        exact = _reset_peak()
-        before = _status_kib("VmRSS")
         start = time.perf_counter()
-        dit(**inputs)
+        _, peak, exact = peak_above(lambda: dit(**inputs))
         seconds = time.perf_counter() - start
-    peak = _status_kib("VmHWM")
     Path(out_dir, f"rank{info.rank}.json").write_text(json.dumps(
-        {"rank": info.rank, "peak_mib_above_model": round((peak - before) / 1024, 1), "seconds": round(seconds, 3),
+        {"rank": info.rank, "peak_mib_above_model": round(peak, 1), "seconds": round(seconds, 3),
          "peak_reset": exact}))
     cleanup()
 
