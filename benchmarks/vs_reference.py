@@ -293,10 +293,20 @@ def case_vae(ref_modules, rounds: int, what: str, size: int, frames: int, chunk:
                                 tile_sample_min_size=tile or size)
             return out.latent_dist.mean
 
+    peaks, times = {"ours": [], "theirs": []}, {"ours": [], "theirs": []}
     with torch.no_grad():
-        a, ours_mib, exact = peak_above(run_ours)
-        b, theirs_mib, _ = peak_above(run_theirs)
-        ours_s, theirs_s = alternate(run_ours, run_theirs, rounds)
+        for _ in range(rounds):                           # alternating; every run measured for memory too
+            for name, fn in (("theirs", run_theirs), ("ours", run_ours)):
+                start = time.perf_counter()
+                out, mib, exact = peak_above(fn)
+                times[name].append(time.perf_counter() - start)
+                peaks[name].append(mib)
+                if name == "ours":
+                    a = out
+                else:
+                    b = out
+    ours_s, theirs_s = statistics.median(times["ours"]), statistics.median(times["theirs"])
+    ours_mib, theirs_mib = max(peaks["ours"]), max(peaks["theirs"])
     name = f"vae-{what}-{size}px-{frames}-frames-{'chunk-' + str(chunk) if chunk else 'whole'}" + (
         f"-tiles-{tile}" if tile else "")
     emit(name, ours_s, theirs_s, (a - b).abs().max().item(), b.abs().max().item(),
@@ -321,7 +331,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reference", help="a checkout of jy0205/Pyramid-Flow (see the module docstring)")
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (the VAE cases take minutes each)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     if not args.reference:

@@ -58,13 +58,14 @@ class CausalConv3d(nn.Module):
         self.time_kernel = k_t
         self.time_stride = strides[0]
         # F.pad order: (w_left, w_right, h_top, h_bottom, t_front, t_back)
-        self.spatial_padding = (k_w // 2, k_w // 2, k_h // 2, k_h // 2, 0, 0)
         self.time_padding = (0, 0, 0, 0, k_t - 1, 0)
-        self.conv = nn.Conv3d(in_channels, out_channels, kernel, stride=strides, bias=bias)
+        # The spatial zero padding is the convolution's own (k // 2 on each side, as the
+        # reference pads): the same sums without a padded copy of every input.
+        self.conv = nn.Conv3d(in_channels, out_channels, kernel, stride=strides, bias=bias,
+                              padding=(0, k_h // 2, k_w // 2))
 
     def forward(self, x: torch.Tensor, cache: CausalCache | None = None) -> torch.Tensor:
         # x: (B, C, T, H, W)
-        x = F.pad(x, self.spatial_padding)
         if self.time_kernel == 1:
             return self.conv(x)
         tail = None if cache is None else cache.tails.get(self)
