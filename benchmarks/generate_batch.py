@@ -57,16 +57,11 @@ def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
 # --------------------------------------------------------------------------------------
 
 def batch_throughput(jobs: int, rounds: int) -> None:
-    from tiny_checkpoints import write_tiny_dit, write_tiny_text_encoders, write_tiny_vae
+    from tiny_checkpoints import tiny_generate_options
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        models = root / "models"
-        options = ["--dit", str(write_tiny_dit(models, "dit_384p.safetensors")),
-                   "--vae", str(write_tiny_vae(models, "vae.safetensors")),
-                   "--text-encoders", str(write_tiny_text_encoders(models, "text")),
-                   "--dtype", "fp32", "--device", "cpu", "--width", "128", "--height", "64", "--frames", "17",
-                   "--steps", "1", "--video-steps", "1"]
+        options = tiny_generate_options(root / "models", frames=17)
         (root / "jobs.jsonl").write_text("".join(
             json.dumps({"id": f"job-{i}", "prompt": f"a red cat runs {i}", "seed": i}) + "\n" for i in range(jobs)))
         walls, rates = {1: [], 2: []}, {1: [], 2: []}

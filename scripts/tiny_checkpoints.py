@@ -126,6 +126,16 @@ def write_tiny_text_encoders(models_dir: Path, name: str) -> Path:
     return root
 
 
+def tiny_generate_options(models_dir: Path, frames: int = 9) -> list[str]:
+    """Tiny stand-ins written under ``models_dir``, as ``python -m pyramid_core generate`` options:
+    the three model paths, fp32 on the CPU, 128x64 px, ``frames`` pixel frames, 1 step per stage."""
+    return ["--dit", str(write_tiny_dit(models_dir, "dit_384p.safetensors")),
+            "--vae", str(write_tiny_vae(models_dir, "vae.safetensors")),
+            "--text-encoders", str(write_tiny_text_encoders(models_dir, "text")),
+            "--dtype", "fp32", "--device", "cpu", "--width", "128", "--height", "64", "--frames", str(frames),
+            "--steps", "1", "--video-steps", "1"]
+
+
 # --------------------------------------------------------------------------------------
 # the server's model folders and the shipped workflows, shrunk
 # --------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from pyramid_core.video_io import write_image, write_video  # noqa: E402
 from support import REPO_ROOT, torchrun, torchrun_command  # noqa: E402
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
-from tiny_checkpoints import write_tiny_dit, write_tiny_text_encoders, write_tiny_vae  # noqa: E402
+from tiny_checkpoints import tiny_generate_options  # noqa: E402
 
 JOBS = [
     {"id": "cat-1", "prompt": "a red cat", "seed": 1},
@@ -40,12 +40,7 @@ JOBS = [
 def setup(tmp_path_factory):
     """Tiny models, the input media and the jobs file; returns (root, model options)."""
     root = tmp_path_factory.mktemp("batch")
-    models = root / "models"
-    options = ["--dit", str(write_tiny_dit(models, "dit_384p.safetensors")),
-               "--vae", str(write_tiny_vae(models, "vae.safetensors")),
-               "--text-encoders", str(write_tiny_text_encoders(models, "text")),
-               "--dtype", "fp32", "--device", "cpu", "--width", "128", "--height", "64", "--frames", "9",
-               "--steps", "1", "--video-steps", "1"]
+    options = tiny_generate_options(root / "models", frames=9)
     g = torch.Generator().manual_seed(0)
     write_image(root / "inputs" / "first.png", torch.randint(0, 256, (64, 128, 3), dtype=torch.uint8, generator=g))
     write_video(root / "inputs" / "clip.mp4", torch.randint(0, 256, (9, 64, 128, 3), dtype=torch.uint8, generator=g))
