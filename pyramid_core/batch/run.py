@@ -117,9 +117,9 @@ def run_batch(jobs: list[Job], out_dir: Path, groups: ParallelGroups, generate_o
     """Run this rank's share of ``jobs``.
 
     Args:
-        generate_one: ``generate_one(job) -> Optional[latents]``: samples the job on every rank
-            of the group; on the leader, also decodes and writes ``job.output`` (and the latents
-            when ``job.latents``).
+        generate_one: ``generate_one(job)`` samples the job on every rank of the group; on the
+            leader it also decodes and writes ``job.output`` (and the latents when ``job.latents``).
+            An exception fails that job only.
         log: where the one-line-per-job progress goes (leaders only).
 
     Returns:
