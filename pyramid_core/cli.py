@@ -39,7 +39,7 @@ import torch
 
 from .compile import COMPILE_MODES, check_compile_available
 from .distributed import DistInfo, cleanup, init_distributed, launch_rank, launch_world_size
-from .generation import trim_to_vae_length
+from .generation import sampling_options, trim_to_vae_length
 from .parallel import PARALLEL_MODES, ParallelGroups, make_groups, plan_parallel
 from .sampling import encode_text
 from .sampling.settings import SamplingSettings
@@ -150,8 +150,6 @@ def _check_device(device: str) -> None:
 
 
 def _check_sampling(args, variant) -> None:
-    from .generation import sampling_options
-
     sampling = sampling_options(args, variant)
     SamplingSettings.create(variant.num_stages, sampling["steps"], sampling["video_steps"],
                             sampling["guidance_scale"], sampling["video_guidance_scale"])

@@ -53,9 +53,9 @@ def load_models(args, paths: tuple[Path, Path, Path], groups: ParallelGroups) ->
     variant, why = choose_variant(model_kind(dit), str(dit_path), args.variant or "auto")
     if groups.leader:
         print(f"variant {why}", file=sys.stderr)
+    if args.compile != "off":                   # the model's own blocks, before any parallel wrapper
+        compile_dit(dit, mode=args.compile, device=args.device)
     dit = parallelize(dit, groups)
-    if args.compile != "off":
-        compile_dit(getattr(dit, "dit", dit), mode=args.compile, device=args.device)
     vae = load_vae(vae_path, dtype=args.vae_dtype or args.dtype, device=args.device)
     text_encoder = PyramidTextEncoder.from_pretrained(text_path, dtype=resolve_dtype(args.dtype), device=args.device)
     return Models(dit, vae, text_encoder, variant)
