@@ -11,7 +11,8 @@ models in the official layouts under the file names the workflows expect.
   safetensors metadata (the released VAE needs none; a tiny one must say its size).
 * Text encoders: an official-layout folder (``tokenizer/``, ``text_encoder/``,
   ``tokenizer_2/``, ``text_encoder_2/``) with a 1-layer CLIP (pooled width 16) and T5
-  (width 32), the widths the tiny DiTs take.
+  (width 32), the widths the tiny DiTs take (``write_text_encoder_folder`` with other words:
+  the toy world's text encoders).
 * LoRA: a peft-style (``lora_A``/``lora_B``) LoRA for the tiny miniFLUX.
 
 :func:`shrink` turns a shipped API workflow into one these models can run quickly.
@@ -48,11 +49,15 @@ def write_tiny_dit(models_dir: Path, name: str, family: str = "flux") -> Path:
 def write_tiny_vae(models_dir: Path, name: str, folder: str = "vae") -> Path:
     target = Path(models_dir) / folder / name
     target.parent.mkdir(parents=True, exist_ok=True)
-    config = {k: v for k, v in json.loads((GOLDEN / "config_vae_tiny.json").read_text()).items()
-              if not k.startswith("_")}
-    tensors = load_file(str(GOLDEN / "weights_vae_tiny.safetensors"))
-    save_file(tensors, str(target), metadata={"config": json.dumps(config), "format": "pt"})
+    single_file(GOLDEN / "config_vae_tiny.json", GOLDEN / "weights_vae_tiny.safetensors", target)
     return target
+
+
+def single_file(config: Path, weights: Path, target: Path) -> None:
+    """Weights and their config.json as one safetensors file, the config in its metadata (the
+    DiT loader derives a config from the shapes; a VAE smaller than the released one must say its size)."""
+    settings = {k: v for k, v in json.loads(Path(config).read_text()).items() if not k.startswith("_")}
+    save_file(load_file(str(weights)), str(target), metadata={"config": json.dumps(settings), "format": "pt"})
 
 
 def write_tiny_lora(models_dir: Path, name: str, rank: int = 2, seed: int = 0) -> Path:
@@ -76,11 +81,11 @@ def write_tiny_lora(models_dir: Path, name: str, rank: int = 2, seed: int = 0) -
 # text encoders
 # --------------------------------------------------------------------------------------
 
-def _word_tokenizer(specials: list[str], template: str, **special_tokens):
+def _word_tokenizer(specials: list[str], template: str, words: list[str], **special_tokens):
     import tokenizers
     import transformers
 
-    vocab = {token: i for i, token in enumerate(specials + WORDS)}
+    vocab = {token: i for i, token in enumerate(dict.fromkeys(specials + list(words)))}  # first of duplicates
     core = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token=special_tokens["unk_token"]))
     core.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
     core.post_processor = tokenizers.processors.TemplateProcessing(
@@ -88,12 +93,12 @@ def _word_tokenizer(specials: list[str], template: str, **special_tokens):
     return transformers.PreTrainedTokenizerFast(tokenizer_object=core, **special_tokens), vocab
 
 
-def tiny_clip(seed: int = 0):
+def tiny_clip(seed: int = 0, words: list[str] = WORDS):
     import transformers
 
     torch.manual_seed(seed)
     tokenizer, vocab = _word_tokenizer(
-        CLIP_SPECIALS, "<|startoftext|> $A <|endoftext|>", bos_token="<|startoftext|>",
+        CLIP_SPECIALS, "<|startoftext|> $A <|endoftext|>", words, bos_token="<|startoftext|>",
         eos_token="<|endoftext|>", pad_token="<|endoftext|>", unk_token="<unk>", model_max_length=77)
     config = transformers.CLIPTextConfig(
         vocab_size=len(vocab), hidden_size=CLIP_WIDTH, intermediate_size=2 * CLIP_WIDTH, num_hidden_layers=1,
@@ -103,12 +108,12 @@ def tiny_clip(seed: int = 0):
     return tokenizer, transformers.CLIPTextModel(config).eval()
 
 
-def tiny_t5(seed: int = 1):
+def tiny_t5(seed: int = 1, words: list[str] = WORDS):
     import transformers
 
     torch.manual_seed(seed)
     tokenizer, vocab = _word_tokenizer(
-        T5_SPECIALS, "$A </s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>", model_max_length=512)
+        T5_SPECIALS, "$A </s>", words, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", model_max_length=512)
     config = transformers.T5Config(
         vocab_size=len(vocab), d_model=T5_WIDTH, d_ff=48, d_kv=8, num_heads=2, num_layers=1,
         feed_forward_proj="gated-gelu", relative_attention_num_buckets=32, pad_token_id=0, eos_token_id=1,
@@ -116,14 +121,20 @@ def tiny_t5(seed: int = 1):
     return tokenizer, transformers.T5EncoderModel(config).eval()
 
 
-def write_tiny_text_encoders(models_dir: Path, name: str) -> Path:
-    """An official miniFLUX-layout text encoder folder in ``text_encoders/``."""
-    root = Path(models_dir) / "text_encoders" / name
-    for (tok_dir, enc_dir), (tokenizer, model) in ((("tokenizer", "text_encoder"), tiny_clip()),
-                                                   (("tokenizer_2", "text_encoder_2"), tiny_t5())):
+def write_text_encoder_folder(root: Path, words: list[str] = WORDS) -> Path:
+    """The tiny CLIP and T5 (random, seeded; one word per token from ``words``) as an official
+    miniFLUX-layout folder: ``tokenizer/``, ``text_encoder/``, ``tokenizer_2/``, ``text_encoder_2/``."""
+    root = Path(root)
+    for (tok_dir, enc_dir), (tokenizer, model) in ((("tokenizer", "text_encoder"), tiny_clip(words=words)),
+                                                   (("tokenizer_2", "text_encoder_2"), tiny_t5(words=words))):
         tokenizer.save_pretrained(root / tok_dir)
         model.save_pretrained(root / enc_dir)
     return root
+
+
+def write_tiny_text_encoders(models_dir: Path, name: str) -> Path:
+    """:func:`write_text_encoder_folder` in ``models_dir/text_encoders/name``."""
+    return write_text_encoder_folder(Path(models_dir) / "text_encoders" / name)
 
 
 def tiny_generate_options(models_dir: Path, frames: int = 9) -> list[str]:
@@ -134,6 +145,20 @@ def tiny_generate_options(models_dir: Path, frames: int = 9) -> list[str]:
             "--text-encoders", str(write_tiny_text_encoders(models_dir, "text")),
             "--dtype", "fp32", "--device", "cpu", "--width", "128", "--height", "64", "--frames", str(frames),
             "--steps", "1", "--video-steps", "1"]
+
+
+def write_random_model_folder(root: Path, text_encoders: Path) -> Path:
+    """The random tiny miniFLUX DiT and VAE as an official folder (``diffusion_transformer_384p/``,
+    ``causal_video_vae/``) with the text encoder folders of ``text_encoders`` copied beside them:
+    the toy model's layout with untrained weights, on which the quality checks must fail."""
+    root = Path(root)
+    for folder, stem in (("diffusion_transformer_384p", "flux"), ("causal_video_vae", "vae")):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(GOLDEN / f"config_{stem}_tiny.json", root / folder / "config.json")
+        shutil.copyfile(GOLDEN / f"weights_{stem}_tiny.safetensors", root / folder / "diffusion_pytorch_model.safetensors")
+    for name in ("tokenizer", "text_encoder", "tokenizer_2", "text_encoder_2"):
+        shutil.copytree(Path(text_encoders) / name, root / name, dirs_exist_ok=True)
+    return root
 
 
 # --------------------------------------------------------------------------------------
@@ -149,8 +174,6 @@ MODEL_FILES = {                              # file names the workflows expect -
                          "pyramid_flow_miniflux_image.safetensors": "flux"},
     "vae": {"pyramid_flow_causal_video_vae.safetensors": "vae"},
 }
-
-
 
 
 def write_stand_ins(models_dir: Path, input_dir: Path) -> None:

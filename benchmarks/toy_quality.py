@@ -1,0 +1,77 @@
+"""Quality against cost on the toy model: what a sampler setting does to videos, not to tensors.
+
+For each setting (steps per pyramid stage; history: recent units at full resolution, a cap on
+past latent frames) it samples a toy model (``scripts/train_toy_model.py --out DIR``) through the
+library's pipelines and runs the checks of pyramid_core/toy/checks.py:
+
+* ``t2v``: the prompted colour moves the prompted way (every prompt of ``checks.T2V_CASES``,
+  half of them held out of training, over ``--seeds`` seeds);
+* ``i2v``: frame 0 is the image, the object keeps its shape and colour and moves;
+* ``continue``: the continuation keeps the clip's colour and centroid velocity at the seam.
+
+One JSON line per setting: the success rate of each check, the number of videos behind it, and
+the mean seconds per video (sampling and decoding, this machine, fp32 on the CPU).
+
+    python benchmarks/toy_quality.py --model DIR [--seeds 5] [--steps 1,2,4,10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pyramid_core.sampling import HistoryConfig  # noqa: E402
+from pyramid_core.toy import checks  # noqa: E402
+from pyramid_core.toy.model import ToyModel, ToySettings  # noqa: E402
+
+
+def settings_grid(steps: list[int]) -> list[tuple[dict, ToySettings]]:
+    """(label, settings): each step count with the default history, then history variants at the
+    largest step count."""
+    grid = [({"steps_per_stage": n, "recent_units": 1, "history_frames": None},
+             ToySettings(steps=(n,) * 3, video_steps=(n,) * 3)) for n in steps]
+    top = max(steps)
+    for recent, frames in ((2, None), (1, 1)):
+        grid.append(({"steps_per_stage": top, "recent_units": recent, "history_frames": frames},
+                     ToySettings(steps=(top,) * 3, video_steps=(top,) * 3,
+                                 history=HistoryConfig(recent_units=recent, max_frames=frames))))
+    return grid
+
+
+def measure(model: ToyModel, settings: ToySettings, seeds: int) -> dict:
+    videos, started, rates = 0, time.perf_counter(), {}
+    runs = {
+        "t2v": [lambda s, c=c: checks.check_text_to_video(model, c, s, settings) for c in checks.T2V_CASES],
+        "i2v": [lambda s: checks.check_image_to_video(model, checks.scene_for(s), s, settings)],
+        "continue": [lambda s: checks.check_continuation(model, checks.scene_for(s), s, settings)],
+    }
+    for name, makers in runs.items():
+        verdicts = [make(seed) for make in makers for seed in range(seeds)]
+        videos += len(verdicts)
+        rates[name] = round(checks.success_rate(verdicts), 3)
+        rates[f"{name}_videos"] = len(verdicts)
+    rates["seconds_per_video"] = round((time.perf_counter() - started) / videos, 3)
+    return rates
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, required=True,
+                        help="a model folder written by scripts/train_toy_model.py (its --out)")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds per prompt / images / clips")
+    parser.add_argument("--steps", default="1,2,4,10", help="steps per stage to compare")
+    args = parser.parse_args()
+    model = ToyModel(args.model)
+    for label, settings in settings_grid([int(s) for s in args.steps.split(",")]):
+        print(json.dumps({"benchmark": "toy_quality", **label, **measure(model, settings, args.seeds)}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""The toy model's behaviour checks: text-to-video, image-to-video and continuation, each judged
+from the decoded pixels (:mod:`.judge`). The quality tests assert their success rates and
+``benchmarks/toy_quality.py`` prints them against the sampling cost.
+
+Every check returns a :class:`~.judge.Verdict`; :func:`success_rate` counts them. The
+tolerances are module constants, stated once here for the tests and the benchmark alike.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+
+from . import judge, world
+from .model import ToyModel, ToySettings
+
+MIN_SHIFT = 12.0           # px the object must travel the prompted way (clips travel 24-32 px)
+FRAME0_MAX_DIFF = 16.0     # mean |frame 0 - image| in 0-255 units for image-to-video
+FRAME0_MAX_OFFSET = 2.0    # px between the image's object centroid and frame 0's
+SAME_SHAPE_IOU = 0.7       # silhouette IoU with the image's object (judge.silhouette_iou) that counts as the same shape
+SAME_SHAPE = 0.8           # fraction of frames that must show the image's shape
+SEAM_TOLERANCE = 0.75      # px/frame between the centroid velocity before and after a continuation seam
+
+# Prompts for text-to-video: every colour, shape, direction and background, half of them
+# (colour, shape, direction) combinations that training never showed.
+T2V_CASES = (
+    ("red", "square", "right", "black"),
+    ("blue", "circle", "left", "gray"),
+    ("yellow", "square", "up", "striped"),
+    ("green", "triangle", "down", "black"),
+    ("red", "triangle", "left", "gray"),          # held out
+    ("green", "circle", "up", "black"),           # held out
+    ("blue", "square", "down", "striped"),        # held out
+    ("yellow", "triangle", "right", "gray"),      # held out
+)
+
+
+def is_held_out(case: tuple[str, ...]) -> bool:
+    return tuple(case[:3]) in world.HELD_OUT
+
+
+def check_text_to_video(model: ToyModel, case: tuple[str, str, str, str], seed: int,
+                        settings: ToySettings = ToySettings()) -> judge.Verdict:
+    """The prompt of ``case`` (colour, shape, direction, background): the prompted colour moves the prompted way."""
+    color, shape, direction, background = case
+    frames = model.text_to_video(world.caption(color, shape, direction, background), seed, settings)
+    return judge.judge_motion(frames, color, direction, MIN_SHIFT)
+
+
+def scene_for(seed: int, held_out: bool | None = None) -> world.Scene:
+    """A seeded random scene (of a training, a held-out or any combination)."""
+    rng = np.random.default_rng(10_000 + seed)
+    combos = world.combinations(held_out)
+    color, shape, direction = combos[int(rng.integers(len(combos)))]
+    return world.random_scene(rng, color, shape, direction)
+
+
+def check_image_to_video(model: ToyModel, scene: world.Scene, seed: int,
+                         settings: ToySettings = ToySettings()) -> judge.Verdict:
+    """From the scene's first frame and caption: frame 0 is that image (pixels and object
+    position), the object keeps its colour and its shape (its silhouette, centred, overlaps the
+    image's by SAME_SHAPE_IOU in SAME_SHAPE of the frames) and it moves the captioned way."""
+    image = world.render(scene, frames=1)[0]
+    frames = model.image_to_video(image, scene.caption, seed, settings)
+    verdict = judge.judge_motion(frames, scene.color, scene.direction, MIN_SHIFT)
+    reasons = list(verdict.reasons)
+    diff = float(np.abs(frames[0].astype(np.float32) - image.astype(np.float32)).mean())
+    if diff > FRAME0_MAX_DIFF:
+        reasons.append(f"frame 0 differs from the image by {diff:.1f} on average (> {FRAME0_MAX_DIFF})")
+    given, first = judge.read_video(image).centroids[0], judge.read_video(frames[:1]).centroids[0]
+    offset = float(np.hypot(*(first - given)))
+    if not offset <= FRAME0_MAX_OFFSET:
+        reasons.append(f"frame 0's object is {offset:.1f} px from the image's (> {FRAME0_MAX_OFFSET})")
+    reference = judge.color_masks(image, scene.color)[0]
+    ious = [judge.silhouette_iou(mask, reference) for mask in judge.color_masks(frames, scene.color)]
+    same = float(np.mean([iou >= SAME_SHAPE_IOU for iou in ious]))
+    if same < SAME_SHAPE:
+        reasons.append(f"{same:.0%} of frames keep the image's {scene.shape} (silhouette IoU >= {SAME_SHAPE_IOU}; "
+                       f"< {SAME_SHAPE:.0%}): {np.round(ious, 2).tolist()}")
+    measures = {**verdict.measures, "frame0_diff": round(diff, 2), "frame0_offset_px": round(offset, 2),
+                "same_shape": round(same, 3)}
+    return judge.Verdict(not reasons, reasons, measures)
+
+
+def check_continuation(model: ToyModel, scene: world.Scene, seed: int,
+                       settings: ToySettings = ToySettings()) -> judge.Verdict:
+    """Continue the scene's first 9 frames to 17: the new frames keep the object's colour and its
+    centroid velocity (a line fit over frames 0-8 against one over frames 9-16)."""
+    clip = world.render(scene)
+    seam = 1 + (world.FRAMES - 1) // 2
+    frames = model.continue_video(clip[:seam], scene.caption, seed, settings)
+    reading = judge.read_video(frames)
+    after = judge.read_video(frames[seam:])
+    before_v, after_v = reading.velocity(0, seam), reading.velocity(seam, None)
+    change = float(np.hypot(*(after_v - before_v)))
+    reasons = []
+    if after.color != scene.color:
+        reasons.append(f"the continuation's dominant colour is {after.color}, the clip's {scene.color}")
+    if not change <= SEAM_TOLERANCE:
+        reasons.append(f"velocity {np.round(before_v, 2).tolist()} px/frame before the seam, "
+                       f"{np.round(after_v, 2).tolist()} after (change {change:.2f} > {SEAM_TOLERANCE})")
+    return judge.Verdict(not reasons, reasons, {"color": after.color, "velocity_before": np.round(before_v, 3).tolist(),
+                                                "velocity_after": np.round(after_v, 3).tolist(),
+                                                "change": round(change, 3)})
+
+
+def success_rate(verdicts: Iterable[judge.Verdict]) -> float:
+    verdicts = list(verdicts)
+    return sum(v.ok for v in verdicts) / len(verdicts) if verdicts else 0.0

@@ -1,0 +1,254 @@
+"""Train the toy Pyramid Flow model on the toy world, with the pack's own CLI, on a CPU.
+
+    python scripts/train_toy_model.py [--out runs/toy/model] [--work runs/toy/work]
+
+Every step is a ``python -m pyramid_core`` command (printed before it runs), as a user would
+run it on their own videos:
+
+1. render the toy world (:mod:`pyramid_core.toy.world`): ``--clips`` clips per (colour, shape,
+   direction, background) over every training combination, as mp4 + annotation JSONL, and
+   ``--vae-clips`` clips of 3-6 shapes each for the VAE (with one small shape per clip a VAE
+   learns the background first and takes thousands of steps to notice the shape);
+2. write the tiny text encoders (random, frozen; the toy world's words as their vocabulary);
+3. ``train-vae``: a small causal VAE (8x spatial, 8x temporal, 16 latent channels), MSE + KL,
+   first on 9-frame windows (the first frame and one unit), then on whole 17-frame clips from
+   those weights (the decoder must have seen a unit that follows another);
+4. ``extract-latents`` of every clip with that VAE, ``extract-text`` of every caption (each
+   caption once as written and once with the prompt suffix the samplers append, so the model
+   follows both) and of the empty prompt (the null text of classifier-free guidance);
+5. ``train-dit``: a small miniFLUX-layout DiT with the pyramid flow-matching objective and the
+   temporal pyramid (autoregressive units with a corrupted history);
+6. export both in fp16 with the text encoders into one official-layout folder, and write its
+   ``training.json`` (commands, steps, losses, CPU and wall seconds).
+
+Everything is seeded: the same command gives the same data and the same training run on the
+same software (training on another CPU may round differently). With the defaults it takes
+about 40 minutes of 2 CPU cores (VAE about 27, DiT about 11); ``benchmarks/toy_quality.py
+--model OUT`` then says how often its videos show what was asked.
+
+Status: the VAE this recipe trains in that time still blurs the shapes and mixes red with
+yellow (see pyramid_core/toy/judge.py for how that is measured), so the DiT cannot yet make
+videos that pass the checks; the recipe is where work on the toy model continues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from pyramid_core.toy import world  # noqa: E402
+from pyramid_core.training.data import write_jsonl  # noqa: E402
+from pyramid_core.training.synthetic import write_video  # noqa: E402
+from pyramid_core.variants import PROMPT_SUFFIX  # noqa: E402
+
+import tiny_checkpoints  # noqa: E402
+
+TEXT_WIDTH, POOLED_WIDTH = tiny_checkpoints.T5_WIDTH, tiny_checkpoints.CLIP_WIDTH
+
+# The released causal VAE's block layout at a quarter of its depth and an eighth of its width.
+VAE_CONFIG = {
+    "encoder_in_channels": 3, "encoder_out_channels": 16, "encoder_layers_per_block": [1, 1, 1, 1],
+    "encoder_down_block_types": ["DownEncoderBlockCausal3D"] * 4, "encoder_block_out_channels": [16, 32, 64, 64],
+    "encoder_spatial_down_sample": [True, True, True, False], "encoder_temporal_down_sample": [True, True, True, False],
+    "encoder_block_dropout": [0.0] * 4, "encoder_act_fn": "silu", "encoder_norm_num_groups": 8,
+    "encoder_double_z": True, "encoder_type": "causal_vae_conv",
+    "decoder_in_channels": 16, "decoder_out_channels": 3, "decoder_layers_per_block": [1, 1, 1, 1],
+    "decoder_up_block_types": ["UpDecoderBlockCausal3D"] * 4, "decoder_block_out_channels": [16, 32, 64, 64],
+    "decoder_spatial_up_sample": [True, True, True, False], "decoder_temporal_up_sample": [True, True, True, False],
+    "decoder_block_dropout": [0.0] * 4, "decoder_act_fn": "silu", "decoder_norm_num_groups": 8,
+    "decoder_type": "causal_vae_conv", "sample_size": 64, "scaling_factor": 0.13025, "add_post_quant_conv": True,
+    "interpolate": False, "downsample_scale": 8, "_class_name": "CausalVideoVAE",
+}
+# miniFLUX's layout (double-stream then single-stream blocks, 2x2 latent patches, 3-axis RoPE)
+# with 2 + 4 blocks of 4 heads x 32 instead of 8 + 16 of 30 x 64.
+DIT_CONFIG = {
+    "_class_name": "PyramidFluxTransformer", "patch_size": 1, "in_channels": 64, "num_layers": 2,
+    "num_single_layers": 4, "attention_head_dim": 32, "num_attention_heads": 4,
+    "joint_attention_dim": TEXT_WIDTH, "pooled_projection_dim": POOLED_WIDTH, "axes_dims_rope": [8, 12, 12],
+    "use_flash_attn": False, "use_temporal_causal": True, "interp_condition_pos": True,
+    "use_gradient_checkpointing": False, "gradient_checkpointing_ratio": 0.6,
+}
+VARIANT = "miniflux-384p"      # its latent normalisation and 3-stage scheduler; the name carries "384p"
+DIT_FOLDER = "diffusion_transformer_384p"
+TEXT_FOLDERS = ("tokenizer", "text_encoder", "tokenizer_2", "text_encoder_2")
+
+
+def render_dataset(folder: Path, clips: int, seed: int, combinations: int | None = None) -> Path:
+    """``clips`` mp4s per training (colour, shape, direction) x background, and their JSONL
+    (the first ``combinations`` combinations only, when given: for a quick smoke run)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for color, shape, direction in world.combinations(held_out=False)[:combinations]:
+        for background in world.BACKGROUNDS:
+            for _ in range(clips):
+                scene = world.random_scene(rng, color, shape, direction, background)
+                rel = f"videos/{len(rows):05d}.mp4"
+                write_video(folder / rel, world.render(scene), world.FPS)
+                rows.append({"video": rel, "text": scene.caption})
+    anno = folder / "clips.jsonl"
+    write_jsonl(anno, rows)
+    return anno
+
+
+def render_vae_dataset(folder: Path, clips: int, seed: int) -> Path:
+    """``clips`` mp4s of 3-6 shapes each (:func:`world.busy_scene`) and their JSONL: the VAE's data."""
+    rng = np.random.default_rng(seed + 1)
+    rows = []
+    for i in range(clips):
+        rel = f"busy/{i:05d}.mp4"
+        write_video(folder / rel, world.render(world.busy_scene(rng, int(rng.integers(3, 7)))), world.FPS)
+        rows.append({"video": rel, "text": ""})
+    anno = folder / "busy.jsonl"
+    write_jsonl(anno, rows)
+    return anno
+
+
+def with_suffixed_captions(latents_jsonl: Path, out: Path) -> Path:
+    """Each latent row twice: its caption as written and with the samplers' prompt suffix."""
+    rows = [json.loads(line) for line in latents_jsonl.read_text().splitlines() if line.strip()]
+    write_jsonl(out, rows + [{**row, "text": row["text"] + PROMPT_SUFFIX} for row in rows])
+    return out
+
+
+class Runner:
+    """Runs ``python -m pyramid_core ...`` commands, printing each, and keeps their summaries."""
+
+    def __init__(self) -> None:
+        self.commands: list[str] = []
+
+    def __call__(self, *args: str) -> dict:
+        command = [sys.executable, "-m", "pyramid_core", *map(str, args)]
+        printable = " ".join(["python", "-m", "pyramid_core", *map(str, args)])
+        print(f"\n$ {printable}", flush=True)
+        self.commands.append(printable)
+        done = subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.PIPE, text=True)
+        print(done.stdout, end="", flush=True)
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its finished children."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def export_fp16(trained: Path, target: Path) -> None:
+    """An exported fp32 official folder -> the same folder in fp16."""
+    from safetensors.torch import load_file, save_file
+
+    target.mkdir(parents=True, exist_ok=True)
+    tensors = load_file(str(trained / "diffusion_pytorch_model.safetensors"))
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in tensors.items()},
+              str(target / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
+    shutil.copyfile(trained / "config.json", target / "config.json")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "toy" / "model", help="the model folder")
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "toy" / "work", help="data, features and runs")
+    parser.add_argument("--clips", type=int, default=6, help="clips per combination and background")
+    parser.add_argument("--vae-clips", type=int, default=600, help="clips of several shapes for the VAE")
+    parser.add_argument("--vae-steps", type=int, default=3000, help="steps on 9-frame windows")
+    parser.add_argument("--vae-clip-steps", type=int, default=600, help="then steps on whole clips")
+    parser.add_argument("--dit-steps", type=int, default=6000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--combinations", type=int, help="train on the first N combinations only (smoke runs)")
+    args = parser.parse_args(argv)
+    started, cpu_start = time.monotonic(), cpu_seconds()
+    work, run = args.work, Runner()
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    timings = {}
+
+    def lap(name: str, since: tuple[float, float]) -> tuple[float, float]:
+        now = (time.monotonic(), cpu_seconds())
+        timings[name] = {"wall_s": round(now[0] - since[0], 1), "cpu_s": round(now[1] - since[1], 1)}
+        return now
+
+    mark = (started, cpu_start)
+    anno = render_dataset(work / "data", args.clips, args.seed, args.combinations)
+    vae_anno = render_vae_dataset(work / "data", args.vae_clips, args.seed)
+    text_encoders = tiny_checkpoints.write_text_encoder_folder(
+        work / "text", words=tiny_checkpoints.WORDS + world.vocabulary())
+    (work / "vae_config.json").write_text(json.dumps(VAE_CONFIG, indent=1))
+    (work / "dit_config.json").write_text(json.dumps(DIT_CONFIG, indent=1))
+    write_jsonl(work / "null.jsonl", [{"text": ""}])
+    mark = lap("data", mark)
+
+    # Two phases: 9-frame windows (the first frame and one unit: cheap steps while the codec
+    # learns colours and edges), then whole 17-frame clips from those weights (a unit that
+    # follows another, which the decoder meets in every generated video).
+    vae_common = [f"anno_files={json.dumps([str(vae_anno)])}", f"data_root={vae_anno.parent}", "width=64",
+                  "height=64", "batch_size=2", "warmup_steps=100", "lr_schedule=cosine", "weight_decay=0",
+                  "betas=[0.9,0.99]", "pixel_loss=mse", "perceptual_weight=0", "disc_weight=0", "kl_weight=1e-5",
+                  "ema_decay=0.99", f"vae_config={work / 'vae_config.json'}", "log_every=50", "keep_last=1",
+                  "tensorboard=false", "device=cpu", f"seed={args.seed}"]
+    first = run("train-vae", *vae_common, "num_frames=9", f"max_steps={args.vae_steps}", "lr=2e-3",
+                f"output_dir={work / 'vae_windows'}", f"save_every={args.vae_steps}")
+    vae = run("train-vae", *vae_common, f"num_frames={world.FRAMES}", f"max_steps={args.vae_clip_steps}",
+              "lr=1e-3", f"init_weights={first['export']}", f"output_dir={work / 'vae'}",
+              f"save_every={args.vae_clip_steps}")
+    mark = lap("train-vae", mark)
+
+    feats = work / "features"
+    run("extract-latents", "--anno", anno, "--data-root", anno.parent, "--vae", vae["export"],
+        "--out-dir", feats / "latents", "--out-jsonl", feats / "latents.jsonl", "--sizes", "64x64",
+        "--frames", str(world.FRAMES), "--dtype", "fp32", "--device", "cpu", "--seed", str(args.seed))
+    captions = with_suffixed_captions(feats / "latents.jsonl", feats / "captions.jsonl")
+    run("extract-text", "--anno", captions, "--text-encoders", text_encoders, "--out-dir", feats / "text",
+        "--out-jsonl", feats / "train.jsonl", "--dtype", "fp32", "--device", "cpu", "--batch-size", "64")
+    run("extract-text", "--anno", work / "null.jsonl", "--text-encoders", text_encoders, "--out-dir",
+        feats / "null", "--out-jsonl", feats / "null_out.jsonl", "--dtype", "fp32", "--device", "cpu")
+    null_text = json.loads((feats / "null_out.jsonl").read_text().splitlines()[0])["text_fea"]
+    mark = lap("features", mark)
+
+    dit = run("train-dit", f"anno_files={json.dumps([str(feats / 'train.jsonl')])}",
+              f"dit_config={work / 'dit_config.json'}", f"variant={VARIANT}", "width=64", "height=64",
+              f"num_frames={world.FRAMES}", "max_latent_frames=3", "temporal_pyramid=true", "batch_size=16",
+              f"max_steps={args.dit_steps}", "lr=5e-4", "warmup_steps=200", "lr_schedule=cosine",
+              "weight_decay=0", "ema_decay=0.998", f"null_text_fea={null_text}", f"output_dir={work / 'dit'}",
+              "log_every=100", f"save_every={args.dit_steps}", "keep_last=1", "tensorboard=false",
+              "device=cpu", f"seed={args.seed}")
+    mark = lap("train-dit", mark)
+
+    out = args.out          # anything else in it (a model card) stays; the model files are replaced
+    for name in ("causal_video_vae", DIT_FOLDER, *TEXT_FOLDERS):
+        shutil.rmtree(out / name, ignore_errors=True)
+    export_fp16(Path(vae["export"]), out / "causal_video_vae")
+    export_fp16(Path(dit["export"]), out / DIT_FOLDER)
+    for name in TEXT_FOLDERS:
+        shutil.copytree(text_encoders / name, out / name)
+    lap("export", mark)
+    summary = {
+        "data": {"clips": sum(1 for _ in open(anno)), "vae_clips": args.vae_clips, "combinations": len(world.combinations(held_out=False)),
+                 "held_out": sorted(" ".join(c) for c in world.HELD_OUT), "size": [world.WIDTH, world.HEIGHT],
+                 "frames": world.FRAMES, "fps": world.FPS},
+        "vae_windows": {k: first[k] for k in ("step", "first_loss", "last_loss", "best_loss")},
+        "vae": {k: vae[k] for k in ("step", "first_loss", "last_loss", "best_loss")},
+        "dit": {k: dit[k] for k in ("step", "first_loss", "last_loss", "best_loss")},
+        "seconds": timings,
+        "total": {"wall_s": round(time.monotonic() - started, 1), "cpu_s": round(cpu_seconds() - cpu_start, 1)},
+        # the work folder is the reader's own choice (--work): written as <work>
+        "commands": [c.replace(str(work.resolve()), "<work>").replace(str(work), "<work>") for c in run.commands],
+    }
+    (out / "training.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(json.dumps({k: summary[k] for k in ("vae", "dit", "total")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

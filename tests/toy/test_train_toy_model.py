@@ -1,0 +1,61 @@
+"""scripts/train_toy_model.py runs end to end (a few steps on a few clips) and writes a model
+folder in the official layout (fp16) that the library loads and samples; the toy checks fail on
+untrained weights of that layout, so a model that passes them has learned something."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+
+from pyramid_core.toy import checks, world
+from pyramid_core.toy.model import ToyModel, ToySettings
+
+ROOT = Path(__file__).resolve().parents[2]
+FOLDERS = ("causal_video_vae", "diffusion_transformer_384p", "tokenizer", "text_encoder", "tokenizer_2",
+           "text_encoder_2")
+QUICK = ToySettings(steps=(2, 2, 2), video_steps=(2, 2, 2))
+
+
+def test_the_script_trains_and_exports_a_loadable_model(tmp_path):
+    out = tmp_path / "model"
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_toy_model.py"), "--out", str(out),
+                           "--work", str(tmp_path / "work"), "--clips", "1", "--combinations", "3",
+                           "--vae-clips", "4", "--vae-steps", "2", "--vae-clip-steps", "2", "--dit-steps", "4"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for name in FOLDERS:
+        assert (out / name).is_dir(), name
+    for name in ("causal_video_vae", "diffusion_transformer_384p"):
+        with safe_open(str(out / name / "diffusion_pytorch_model.safetensors"), "pt") as weights:
+            assert {weights.get_slice(key).get_dtype() for key in weights.keys()} == {"F16"}, name
+    record = json.loads((out / "training.json").read_text())
+    assert (record["vae_windows"]["step"], record["vae"]["step"], record["dit"]["step"]) == (2, 2, 4)
+    assert record["data"]["clips"] == 3 * len(world.BACKGROUNDS)   # 18 rows with the suffixed captions: one batch
+    assert all(c.startswith("python -m pyramid_core ") and str(tmp_path) not in c for c in record["commands"])
+    frames = ToyModel(out).text_to_video("a red square moves right on a black background", seed=0, settings=QUICK)
+    assert frames.shape == (world.FRAMES, world.HEIGHT, world.WIDTH, 3) and frames.dtype.name == "uint8"
+
+
+@pytest.fixture(scope="module")
+def random_model(tmp_path_factory) -> ToyModel:
+    from tiny_checkpoints import WORDS, write_random_model_folder, write_text_encoder_folder
+
+    root = tmp_path_factory.mktemp("random")
+    text = write_text_encoder_folder(root / "text", words=WORDS + world.vocabulary())
+    return ToyModel(write_random_model_folder(root / "model", text))
+
+
+def test_every_check_fails_on_random_weights(random_model):
+    """Text-to-video, image-to-video and continuation, with the checks' own tolerances, on
+    untrained weights of the toy layout: none passes (their videos are grey noise)."""
+    verdicts = [checks.check_text_to_video(random_model, case, seed, QUICK)
+                for case in checks.T2V_CASES[:4] for seed in range(2)]
+    verdicts += [checks.check_image_to_video(random_model, checks.scene_for(seed), seed, QUICK) for seed in range(3)]
+    verdicts += [checks.check_continuation(random_model, checks.scene_for(seed), seed, QUICK) for seed in range(3)]
+    assert checks.success_rate(verdicts) == 0.0, [v.reasons for v in verdicts if v.ok]
+    assert all(v.reasons for v in verdicts)
