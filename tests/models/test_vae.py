@@ -191,3 +191,18 @@ def test_progress_counts_every_piece_and_can_stop_after_one(method, shape, kwarg
     finally:
         delattr(vae, pass_name)
     assert len(passes) == 1                     # stopped within the first piece
+
+
+def test_fresh_upsamplers_start_as_nearest_neighbour():
+    """A freshly made upsampler repeats each value over its 2x2 pixels (space) or 2 frames
+    (time) instead of interleaving unrelated random images (ICNR init): a VAE trained from
+    scratch then starts without checkerboard artefacts."""
+    from pyramid_core.models.vae.resample import SpatialUpsample2x, TemporalUpsample2x
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 4, 3, 5, 6)
+    space = SpatialUpsample2x(4)(x)                                  # (1, 4, 3, 10, 12)
+    assert torch.equal(space, space[..., ::2, ::2].repeat_interleave(2, -2).repeat_interleave(2, -1))
+    time = TemporalUpsample2x(4)(x)                                  # one pass: 1 + 2 * 2 frames
+    assert time.shape[2] == 5 and torch.equal(time[:, :, 1::2], time[:, :, 2::2])
+    assert not torch.equal(time[:, :, 1], time[:, :, 3])             # still a learned conv, not a copy
