@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from safetensors import safe_open
 
@@ -25,7 +26,7 @@ def test_the_script_trains_and_exports_a_loadable_model(tmp_path):
     out = tmp_path / "model"
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_toy_model.py"), "--out", str(out),
                            "--work", str(tmp_path / "work"), "--clips", "1", "--combinations", "3",
-                           "--vae-clips", "4", "--vae-steps", "2", "--vae-clip-steps", "2", "--dit-steps", "4"],
+                           "--vae-clips", "8", "--vae-image-steps", "2", "--vae-clip-steps", "2", "--dit-steps", "4"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     for name in FOLDERS:
@@ -34,7 +35,7 @@ def test_the_script_trains_and_exports_a_loadable_model(tmp_path):
         with safe_open(str(out / name / "diffusion_pytorch_model.safetensors"), "pt") as weights:
             assert {weights.get_slice(key).get_dtype() for key in weights.keys()} == {"F16"}, name
     record = json.loads((out / "training.json").read_text())
-    assert (record["vae_windows"]["step"], record["vae"]["step"], record["dit"]["step"]) == (2, 2, 4)
+    assert (record["vae_images"]["step"], record["vae"]["step"], record["dit"]["step"]) == (2, 2, 4)
     assert record["data"]["clips"] == 3 * len(world.BACKGROUNDS)   # 18 rows with the suffixed captions: one batch
     assert all(c.startswith("python -m pyramid_core ") and str(tmp_path) not in c for c in record["commands"])
     frames = ToyModel(out).text_to_video("a red square moves right on a black background", seed=0, settings=QUICK)
@@ -59,3 +60,38 @@ def test_every_check_fails_on_random_weights(random_model):
     verdicts += [checks.check_continuation(random_model, checks.scene_for(seed), seed, QUICK) for seed in range(3)]
     assert checks.success_rate(verdicts) == 0.0, [v.reasons for v in verdicts if v.ok]
     assert all(v.reasons for v in verdicts)
+
+
+def test_matching_the_latent_scale_keeps_the_reconstructions(tmp_path):
+    """The rescaled VAE decodes its own latents to the same pixels, and its later-frame means
+    have the spread that the variant's normalisation expects (1 / VIDEO_LATENT_SCALE)."""
+    import torch
+
+    from pyramid_core.models.vae import CausalVideoVAE
+    from pyramid_core.training.synthetic import write_video
+    from pyramid_core.variants import VIDEO_LATENT_SCALE
+    from pyramid_core.video_io import frames_to_pixels
+    from train_toy_model import VAE_CONFIG, match_latent_scale
+
+    torch.manual_seed(0)
+    folder = tmp_path / "vae"
+    CausalVideoVAE(**{k: v for k, v in VAE_CONFIG.items() if not k.startswith("_")}).save_pretrained(folder)
+    rng = np.random.default_rng(0)
+    clips = [world.render(world.random_scene(rng, "red", "circle", "left")) for _ in range(3)]
+    for i, clip in enumerate(clips):
+        write_video(tmp_path / f"{i}.mp4", clip, world.FPS)
+    (tmp_path / "clips.jsonl").write_text("".join(json.dumps({"video": f"{i}.mp4"}) + "\n" for i in range(3)))
+
+    def encode_decode(clip):
+        vae = CausalVideoVAE.from_pretrained(str(folder)).float().eval()
+        with torch.no_grad():
+            means = vae.encode(frames_to_pixels(torch.from_numpy(clip))).mode()
+            return means, vae.decode(means)
+
+    before = encode_decode(clips[0])[1]
+    applied = match_latent_scale(folder, tmp_path / "clips.jsonl")
+    means, after = encode_decode(clips[0])
+    assert applied["factor"] != pytest.approx(1.0, abs=0.05)
+    torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)
+    spread = torch.cat([encode_decode(clip)[0][:, :, 1:].flatten() for clip in clips]).std().item()
+    assert spread == pytest.approx(1 / VIDEO_LATENT_SCALE, rel=0.01)
