@@ -54,7 +54,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from pyramid_core.toy import world  # noqa: E402
-from pyramid_core.training.data import write_jsonl  # noqa: E402
+from pyramid_core.training.data import read_jsonl, write_jsonl  # noqa: E402
 from pyramid_core.training.synthetic import write_video  # noqa: E402
 from pyramid_core.variants import PROMPT_SUFFIX  # noqa: E402
 
@@ -122,7 +122,7 @@ def render_vae_dataset(folder: Path, clips: int, seed: int) -> Path:
 
 def with_suffixed_captions(latents_jsonl: Path, out: Path) -> Path:
     """Each latent row twice: its caption as written and with the samplers' prompt suffix."""
-    rows = [json.loads(line) for line in latents_jsonl.read_text().splitlines() if line.strip()]
+    rows = read_jsonl(latents_jsonl)
     write_jsonl(out, rows + [{**row, "text": row["text"] + PROMPT_SUFFIX} for row in rows])
     return out
 
@@ -157,9 +157,10 @@ def match_latent_scale(vae_folder: Path, anno: Path, clips: int = 96) -> dict:
     (:mod:`pyramid_core.variants`): about unit variance for that VAE. A small VAE trained from
     scratch has latents of another spread (here means of std about 0.76 instead of 3.1), and
     the DiT would then learn from latents of std 0.25 under noise of std 1, a far lower
-    signal-to-noise ratio at every timestep than the schedule was made for. Multiplying the encoder's means by ``s``
-    (and its posterior's std: ``logvar += 2 ln s``) and dividing the decoder's first conv by
-    ``s`` is exact -- the same reconstructions -- and gives the latents the expected spread.
+    signal-to-noise ratio at every timestep than the schedule was made for. Multiplying the
+    encoder's means by ``s`` (and its posterior's std: ``logvar += 2 ln s``) and dividing the
+    decoder's first conv by ``s`` is exact -- the same reconstructions -- and gives the latents
+    the expected spread.
     One ``s`` serves both the first frame and later frames (they share the convs).
     """
     import torch
@@ -170,7 +171,7 @@ def match_latent_scale(vae_folder: Path, anno: Path, clips: int = 96) -> dict:
     from pyramid_core.video_io import frames_to_pixels, read_video
 
     vae = CausalVideoVAE.from_pretrained(str(vae_folder)).float().eval()
-    rows = [json.loads(line) for line in anno.read_text().splitlines() if line.strip()]
+    rows = read_jsonl(anno)
     picks = np.random.default_rng(0).choice(len(rows), size=min(clips, len(rows)), replace=False)
     later = []
     with torch.no_grad():
@@ -246,9 +247,9 @@ def main(argv: list[str] | None = None) -> int:
                   "tensorboard=false", "device=cpu", f"seed={args.seed}"]
     first = run("train-vae", *vae_common, "num_frames=1", "batch_size=8", f"max_steps={args.vae_image_steps}",
                 "lr=2e-3", f"output_dir={work / 'vae_images'}", f"save_every={args.vae_image_steps}")
-    vae = run("train-vae", *vae_common, f"num_frames={world.FRAMES}", "batch_size=2", f"max_steps={args.vae_clip_steps}",
-              "lr=1e-3", f"init_weights={first['export']}", f"output_dir={work / 'vae'}",
-              f"save_every={args.vae_clip_steps}")
+    vae = run("train-vae", *vae_common, f"num_frames={world.FRAMES}", "batch_size=2",
+              f"max_steps={args.vae_clip_steps}", "lr=1e-3", f"init_weights={first['export']}",
+              f"output_dir={work / 'vae'}", f"save_every={args.vae_clip_steps}")
     latent_scale = match_latent_scale(Path(vae["export"]), anno)
     print(f"latent scale: {latent_scale}", flush=True)
     mark = lap("train-vae", mark)
@@ -265,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         "--out-jsonl", feats / "train.jsonl", "--dtype", "fp32", "--device", "cpu", "--batch-size", "64")
     run("extract-text", "--anno", work / "null.jsonl", "--text-encoders", text_encoders, "--out-dir",
         feats / "null", "--out-jsonl", feats / "null_out.jsonl", "--dtype", "fp32", "--device", "cpu")
-    null_text = json.loads((feats / "null_out.jsonl").read_text().splitlines()[0])["text_fea"]
+    null_text = read_jsonl(feats / "null_out.jsonl")[0]["text_fea"]
     mark = lap("features", mark)
 
     dit = run("train-dit", f"anno_files={json.dumps([str(feats / 'train.jsonl')])}",
@@ -286,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copytree(text_encoders / name, out / name)
     lap("export", mark)
     summary = {
-        "data": {"clips": sum(1 for _ in open(anno)), "vae_clips": args.vae_clips, "combinations": len(world.combinations(held_out=False)),
+        "data": {"clips": len(read_jsonl(anno)), "vae_clips": args.vae_clips,
+                 "combinations": len(world.combinations(held_out=False)),
                  "held_out": sorted(" ".join(c) for c in world.HELD_OUT), "size": [world.WIDTH, world.HEIGHT],
                  "frames": world.FRAMES, "fps": world.FPS},
         "vae_images": {k: first[k] for k in ("step", "first_loss", "last_loss", "best_loss")},

@@ -68,6 +68,7 @@ def test_matching_the_latent_scale_keeps_the_reconstructions(tmp_path):
     import torch
 
     from pyramid_core.models.vae import CausalVideoVAE
+    from pyramid_core.training.data import write_jsonl
     from pyramid_core.training.synthetic import write_video
     from pyramid_core.variants import VIDEO_LATENT_SCALE
     from pyramid_core.video_io import frames_to_pixels
@@ -80,7 +81,7 @@ def test_matching_the_latent_scale_keeps_the_reconstructions(tmp_path):
     clips = [world.render(world.random_scene(rng, "red", "circle", "left")) for _ in range(3)]
     for i, clip in enumerate(clips):
         write_video(tmp_path / f"{i}.mp4", clip, world.FPS)
-    (tmp_path / "clips.jsonl").write_text("".join(json.dumps({"video": f"{i}.mp4"}) + "\n" for i in range(3)))
+    write_jsonl(tmp_path / "clips.jsonl", [{"video": f"{i}.mp4"} for i in range(3)])
 
     def encode_decode(clip):
         vae = CausalVideoVAE.from_pretrained(str(folder)).float().eval()
