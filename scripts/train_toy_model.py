@@ -1,45 +1,44 @@
 """Train the toy Pyramid Flow model on the toy world, with the pack's own CLI, on a CPU.
 
-    python scripts/train_toy_model.py [--out runs/toy/model] [--work runs/toy/work]
+    python scripts/train_toy_model.py [--out toy_model/pyramid-flow-toy] [--work runs/toy/work]
 
 Every step is a ``python -m pyramid_core`` command (printed before it runs), as a user would
 run it on their own videos:
 
 1. render the toy world (:mod:`pyramid_core.toy.world`): ``--clips`` clips per (colour, shape,
-   direction, background) over every training combination, as mp4 + annotation JSONL, and
-   ``--vae-clips`` clips of 3-6 shapes each for the VAE (with one small shape per clip a VAE
-   learns the background first and takes thousands of steps to notice the shape);
+   direction, background) over every training combination, as 128x128 mp4s + annotation JSONL,
+   and ``--vae-clips`` 64x64 windows of the same world with 2-3 shapes each for the VAE (a
+   convolutional VAE trained on windows encodes whole frames at a quarter of the training cost;
+   with one shape per clip it learns the background first and takes thousands of steps to
+   notice the shape);
 2. write the tiny text encoders (random, frozen; the toy world's words as their vocabulary);
 3. ``train-vae``: a small causal VAE (8x spatial, 8x temporal, 16 latent channels), MSE + KL,
    first on still frames (``num_frames=1``: a large batch of cheap steps in which the codec
    learns colours and outlines), then on whole 17-frame clips from those weights (the temporal
    compression, and a unit that follows another, which the decoder meets in every video);
 4. rescale the VAE's latent space (exactly) to the spread the variant's latent normalisation
-   expects (:func:`match_latent_scale`); ``extract-latents`` of every clip with that VAE (the
-   posterior means), ``extract-text`` of every caption (each caption once as written and once
-   with the prompt suffix the samplers append, so the model follows both) and of the empty
-   prompt (the null text of classifier-free guidance);
+   expects (:func:`match_latent_scale`, which also makes its posterior a point mass at the
+   mean, so that the samplers' encoders give what the DiT learned from); ``extract-latents`` of
+   every clip with that VAE (the posterior means), ``extract-text`` of every caption (each
+   caption once as written and once with the prompt suffix the samplers append, so the model
+   follows both) and of the empty prompt (the null text of classifier-free guidance);
 5. ``train-dit``: a small miniFLUX-layout DiT with the pyramid flow-matching objective and the
-   temporal pyramid (autoregressive units with a corrupted history);
+   temporal pyramid (autoregressive units with a corrupted history), ``--dit-batch`` clips a
+   step (of which a quarter train the top stage, with ``sample_ratios`` 1, 2, 1);
 6. export both in fp16 with the text encoders into one official-layout folder, and write its
    ``training.json`` (commands, steps, losses, CPU and wall seconds).
 
 Everything is seeded: the same command gives the same data and the same training run on the
-same software (training on another CPU may round differently). With the defaults it takes
-about 35 minutes of 2 CPU cores (VAE 19, features 3, DiT 11); ``benchmarks/toy_quality.py
---model OUT`` then says how often its videos show what was asked.
-
-Status: the VAE is good enough (reconstructing 16 single-shape clips: the right colour 16/16,
-the judge's motion check 12/16), but the DiT this recipe trains does not yet make one object:
-its first frames are an empty background or several blobs, and no check passes. Where work on
-the toy model continues.
+same software (training on another CPU may round differently). ``training.json`` records the
+wall and CPU time of each phase on the machine that made it (toy_model/pyramid-flow-toy/ holds
+the committed run, and its MODEL_CARD.md what it can and cannot do);
+``benchmarks/toy_quality.py --model OUT`` says how often its videos show what was asked.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import resource
 import shutil
 import subprocess
@@ -108,12 +107,14 @@ def render_dataset(folder: Path, clips: int, seed: int, combinations: int | None
 
 
 def render_vae_dataset(folder: Path, clips: int, seed: int) -> Path:
-    """``clips`` mp4s of 3-6 shapes each (:func:`world.busy_scene`) and their JSONL: the VAE's data."""
+    """``clips`` mp4s of 2-3 shapes each in a ``world.VAE_CROP`` px window (:func:`world.busy_scene`)
+    and their JSONL: the VAE's data."""
     rng = np.random.default_rng(seed + 1)
     rows = []
     for i in range(clips):
         rel = f"busy/{i:05d}.mp4"
-        write_video(folder / rel, world.render(world.busy_scene(rng, int(rng.integers(3, 7)))), world.FPS)
+        scenes = world.busy_scene(rng, int(rng.integers(2, 4)))
+        write_video(folder / rel, world.render(scenes, width=world.VAE_CROP, height=world.VAE_CROP), world.FPS)
         rows.append({"video": rel, "text": ""})
     anno = folder / "busy.jsonl"
     write_jsonl(anno, rows)
@@ -151,17 +152,23 @@ def cpu_seconds() -> float:
 
 def match_latent_scale(vae_folder: Path, anno: Path, clips: int = 96) -> dict:
     """Rescale a trained VAE's latent space in place so that its later-frame latents have the
-    spread the variant's normalisation expects; returns the measured and applied numbers.
+    spread the variant's normalisation expects, and make its posterior a point mass at the mean;
+    returns the measured and applied numbers.
 
     The DiT sees ``(latent - shift) * scale`` with the released VAE's constants
     (:mod:`pyramid_core.variants`): about unit variance for that VAE. A small VAE trained from
-    scratch has latents of another spread (here means of std about 0.76 instead of 3.1), and
+    scratch has latents of another spread (here means of std about 0.8 instead of 3.1), and
     the DiT would then learn from latents of std 0.25 under noise of std 1, a far lower
     signal-to-noise ratio at every timestep than the schedule was made for. Multiplying the
-    encoder's means by ``s`` (and its posterior's std: ``logvar += 2 ln s``) and dividing the
-    decoder's first conv by ``s`` is exact -- the same reconstructions -- and gives the latents
-    the expected spread.
+    encoder's means by ``s`` and dividing the decoder's first conv by ``s`` is exact -- the same
+    reconstructions -- and gives the latents the expected spread.
     One ``s`` serves both the first frame and later frames (they share the convs).
+
+    The posterior's log-variance becomes the constant -30 (the clamp's floor: std 3e-7). This
+    VAE's posterior std is about as large as the spread of its means (the released VAE's is
+    tiny), and its decoder decodes the means (it learned to ignore that noise). The DiT learns
+    from the means (``extract-latents --mean``), so every encoder of a user's image or clip --
+    the samplers draw from the posterior, as the reference does -- must give the means too.
     """
     import torch
     from safetensors.torch import load_file, save_file
@@ -185,7 +192,8 @@ def match_latent_scale(vae_folder: Path, anno: Path, clips: int = 96) -> dict:
     with torch.no_grad():
         state["quant_conv.conv.weight"][:channels] *= factor
         state["quant_conv.conv.bias"][:channels] *= factor
-        state["quant_conv.conv.bias"][channels:] += 2 * math.log(factor)
+        state["quant_conv.conv.weight"][channels:] = 0.0      # log-variance: the constant -30
+        state["quant_conv.conv.bias"][channels:] = -30.0
         state["post_quant_conv.conv.weight"] /= factor
     save_file(state, str(file), metadata={"format": "pt"})
     return {"later_frame_std": round(spread, 4), "factor": round(factor, 4)}
@@ -204,13 +212,15 @@ def export_fp16(trained: Path, target: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "toy" / "model", help="the model folder")
+    parser.add_argument("--out", type=Path, default=ROOT / "toy_model" / "pyramid-flow-toy",
+                        help="the model folder (default: the committed toy model's)")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "toy" / "work", help="data, features and runs")
     parser.add_argument("--clips", type=int, default=6, help="clips per combination and background")
     parser.add_argument("--vae-clips", type=int, default=600, help="clips of several shapes for the VAE")
     parser.add_argument("--vae-image-steps", type=int, default=1000, help="steps on still frames")
     parser.add_argument("--vae-clip-steps", type=int, default=1200, help="then steps on whole clips")
-    parser.add_argument("--dit-steps", type=int, default=6000)
+    parser.add_argument("--dit-steps", type=int, default=3000)
+    parser.add_argument("--dit-batch", type=int, default=64, help="clips per DiT step (a multiple of 4)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--combinations", type=int, help="train on the first N combinations only (smoke runs)")
     args = parser.parse_args(argv)
@@ -240,8 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     # clips from scratch fits the background for hundreds of steps before the latents carry a
     # shape; on stills (8 per step at the cost of about one clip) it learns colours and outlines
     # first, and the clips then only have to teach it time.
-    vae_common = [f"anno_files={json.dumps([str(vae_anno)])}", f"data_root={vae_anno.parent}", "width=64",
-                  "height=64", "warmup_steps=100", "lr_schedule=cosine", "weight_decay=0",
+    vae_common = [f"anno_files={json.dumps([str(vae_anno)])}", f"data_root={vae_anno.parent}",
+                  f"width={world.VAE_CROP}", f"height={world.VAE_CROP}", "warmup_steps=100", "lr_schedule=cosine", "weight_decay=0",
                   "betas=[0.9,0.99]", "pixel_loss=mse", "perceptual_weight=0", "disc_weight=0", "kl_weight=1e-5",
                   "ema_decay=0.99", f"vae_config={work / 'vae_config.json'}", "log_every=50", "keep_last=1",
                   "tensorboard=false", "device=cpu", f"seed={args.seed}"]
@@ -259,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     # to make that noise, which the decoder turns into stray blobs.
     feats = work / "features"
     run("extract-latents", "--anno", anno, "--data-root", anno.parent, "--vae", vae["export"],
-        "--out-dir", feats / "latents", "--out-jsonl", feats / "latents.jsonl", "--sizes", "64x64",
+        "--out-dir", feats / "latents", "--out-jsonl", feats / "latents.jsonl", "--sizes", f"{world.WIDTH}x{world.HEIGHT}",
         "--frames", str(world.FRAMES), "--mean", "--dtype", "fp32", "--device", "cpu", "--seed", str(args.seed))
     captions = with_suffixed_captions(feats / "latents.jsonl", feats / "captions.jsonl")
     run("extract-text", "--anno", captions, "--text-encoders", text_encoders, "--out-dir", feats / "text",
@@ -270,8 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     mark = lap("features", mark)
 
     dit = run("train-dit", f"anno_files={json.dumps([str(feats / 'train.jsonl')])}",
-              f"dit_config={work / 'dit_config.json'}", f"variant={VARIANT}", "width=64", "height=64",
-              f"num_frames={world.FRAMES}", "max_latent_frames=3", "temporal_pyramid=true", "batch_size=16",
+              f"dit_config={work / 'dit_config.json'}", f"variant={VARIANT}", f"width={world.WIDTH}",
+              f"height={world.HEIGHT}",
+              f"num_frames={world.FRAMES}", "max_latent_frames=3", "temporal_pyramid=true", f"batch_size={args.dit_batch}",
               f"max_steps={args.dit_steps}", "lr=1e-3", "warmup_steps=200", "lr_schedule=cosine",
               "weight_decay=0", "ema_decay=0.998", f"null_text_fea={null_text}", f"output_dir={work / 'dit'}",
               "log_every=100", f"save_every={args.dit_steps}", "keep_last=1", "tensorboard=false",

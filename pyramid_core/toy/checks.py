@@ -15,12 +15,13 @@ import numpy as np
 from . import judge, world
 from .model import ToyModel, ToySettings
 
-MIN_SHIFT = 12.0           # px the object must travel the prompted way (clips travel 24-32 px)
+MIN_SHIFT = 24.0           # px the object must travel the prompted way (clips travel 48-64 px)
 FRAME0_MAX_DIFF = 16.0     # mean |frame 0 - image| in 0-255 units for image-to-video
-FRAME0_MAX_OFFSET = 2.0    # px between the image's object centroid and frame 0's
+FRAME0_MAX_OFFSET = 4.0    # px between the image's object centroid and frame 0's (shapes 28-36 px across)
 SAME_SHAPE_IOU = 0.7       # silhouette IoU with the image's object (judge.silhouette_iou) that counts as the same shape
 SAME_SHAPE = 0.8           # fraction of frames that must show the image's shape
-SEAM_TOLERANCE = 0.75      # px/frame between the centroid velocity before and after a continuation seam
+SEAM = 1 + (world.FRAMES - 1) // 2   # continuation: the clip's first 9 frames are given, 8 are made
+SEAM_TOLERANCE = 1.5       # px/frame between the centroid velocity before and after a continuation seam (speeds 3-4)
 
 # Prompts for text-to-video: every colour, shape, direction and background, half of them
 # (colour, shape, direction) combinations that training never showed.
@@ -62,7 +63,12 @@ def check_image_to_video(model: ToyModel, scene: world.Scene, seed: int,
     position), the object keeps its colour and its shape (its silhouette, centred, overlaps the
     image's by SAME_SHAPE_IOU in SAME_SHAPE of the frames) and it moves the captioned way."""
     image = world.render(scene, frames=1)[0]
-    frames = model.image_to_video(image, scene.caption, seed, settings)
+    return judge_image_to_video(model.image_to_video(image, scene.caption, seed, settings), image, scene)
+
+
+def judge_image_to_video(frames: np.ndarray, image: np.ndarray, scene: world.Scene) -> judge.Verdict:
+    """The judgement of :func:`check_image_to_video` on ``frames`` (T, H, W, 3) made from
+    ``image`` (H, W, 3) and the caption of ``scene``, however they were made."""
     verdict = judge.judge_motion(frames, scene.color, scene.direction, MIN_SHIFT)
     reasons = list(verdict.reasons)
     diff = float(np.abs(frames[0].astype(np.float32) - image.astype(np.float32)).mean())
@@ -88,8 +94,12 @@ def check_continuation(model: ToyModel, scene: world.Scene, seed: int,
     """Continue the scene's first 9 frames to 17: the new frames keep the object's colour and its
     centroid velocity (a line fit over frames 0-8 against one over frames 9-16)."""
     clip = world.render(scene)
-    seam = 1 + (world.FRAMES - 1) // 2
-    frames = model.continue_video(clip[:seam], scene.caption, seed, settings)
+    return judge_continuation(model.continue_video(clip[:SEAM], scene.caption, seed, settings), scene)
+
+
+def judge_continuation(frames: np.ndarray, scene: world.Scene, seam: int = SEAM) -> judge.Verdict:
+    """The judgement of :func:`check_continuation` on ``frames`` (T, H, W, 3) whose first
+    ``seam`` frames continue ``scene``'s clip, however they were made."""
     reading = judge.read_video(frames)
     after = judge.read_video(frames[seam:])
     before_v, after_v = reading.velocity(0, seam), reading.velocity(seam, None)

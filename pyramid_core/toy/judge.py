@@ -27,7 +27,7 @@ import numpy as np
 from .world import BACKGROUNDS, COLORS, DIRECTIONS
 
 MAX_COLOR_DISTANCE = 100.0    # RGB units; palette colours are >= 150 apart, backgrounds >= 100 from any
-MIN_PIXELS = 20               # an object smaller than this in a frame is absent (a 64 px frame, shapes ~100-300 px)
+MIN_PIXELS = 80               # an object smaller than this in a frame is absent (a 128 px frame, shapes ~400-1300 px)
 END_FRAMES = 3                # frames averaged at each end of a clip to measure displacement
 SHAPE_FILL = (("triangle", 0.64), ("circle", 0.88), ("square", 1.01))   # classify_shape: fill below -> name
 
@@ -122,7 +122,7 @@ class Verdict:
     measures: dict
 
 
-def judge_motion(frames: np.ndarray, color: str, direction: str, min_shift: float = 12.0,
+def judge_motion(frames: np.ndarray, color: str, direction: str, min_shift: float = 24.0,
                  min_present: float = 0.9) -> Verdict:
     """Did the clip show a ``color`` object moving ``direction`` by at least ``min_shift`` px?
 

@@ -3,7 +3,7 @@
 :class:`ToyModel` loads an official-layout folder (``diffusion_transformer_384p/``,
 ``causal_video_vae/``, ``tokenizer*/``, ``text_encoder*/``, as ``scripts/train_toy_model.py``
 writes it) and runs the library's own pipelines (``text_to_video``, ``image_to_video``,
-``continue_video``) with the toy world's size and length. Each call returns ``(T, 64, 64, 3)``
+``continue_video``) with the toy world's size and length. Each call returns ``(T, 128, 128, 3)``
 uint8 frames, the input :mod:`.judge` reads.
 
 Defaults: the negative prompt is the empty prompt, the null text the toy DiT was trained with
@@ -76,7 +76,7 @@ class ToyModel:
 
     def text_to_video(self, prompt: str, seed: int, settings: ToySettings = ToySettings(),
                       num_frames: int = world.FRAMES) -> np.ndarray:
-        """``(num_frames, 64, 64, 3)`` uint8 frames of ``prompt``."""
+        """``(num_frames, 128, 128, 3)`` uint8 frames of ``prompt`` (the world's size)."""
         common = self._common(seed, settings)
         latents = text_to_video(self.dit, self._text(prompt, settings), width=world.WIDTH, height=world.HEIGHT,
                                 num_frames=num_frames, steps=list(settings.steps),
@@ -85,7 +85,7 @@ class ToyModel:
 
     def image_to_video(self, image: np.ndarray, prompt: str, seed: int, settings: ToySettings = ToySettings(),
                        num_frames: int = world.FRAMES) -> np.ndarray:
-        """Frames that start from ``image`` (uint8 ``(64, 64, 3)``)."""
+        """Frames that start from ``image`` (uint8 ``(128, 128, 3)``)."""
         common = self._common(seed, settings)
         pixels = as_video_pixels(image_to_pixels(torch.from_numpy(np.ascontiguousarray(image))), "image")
         latent = encode_frames(self.vae, pixels.to(self.device), self.variant, generator=common["generator"])
@@ -95,7 +95,7 @@ class ToyModel:
 
     def continue_video(self, frames: np.ndarray, prompt: str, seed: int, settings: ToySettings = ToySettings(),
                        num_frames: int = world.FRAMES) -> np.ndarray:
-        """``frames`` (uint8 ``(1 + 8j, 64, 64, 3)``) continued to ``num_frames`` frames in all."""
+        """``frames`` (uint8 ``(1 + 8j, 128, 128, 3)``) continued to ``num_frames`` frames in all."""
         common = self._common(seed, settings)
         pixels = frames_to_pixels(torch.from_numpy(np.ascontiguousarray(frames))).to(self.device)
         latents = encode_frames(self.vae, pixels, self.variant, sample=False)

@@ -82,5 +82,5 @@ def test_silhouettes_match_wherever_they_are_and_differ_between_shapes():
     assert judge.silhouette_iou(np.zeros_like(reference), reference) == 0.0
     scene = world.random_scene(np.random.default_rng(5), "blue", "triangle", "left", "striped")
     masks = judge.color_masks(world.render(scene), "blue")
-    assert masks.shape == (world.FRAMES, 64, 64)
+    assert masks.shape == (world.FRAMES, world.HEIGHT, world.WIDTH)
     assert min(judge.silhouette_iou(m, masks[0]) for m in masks) > 0.8

@@ -26,7 +26,8 @@ def test_the_script_trains_and_exports_a_loadable_model(tmp_path):
     out = tmp_path / "model"
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_toy_model.py"), "--out", str(out),
                            "--work", str(tmp_path / "work"), "--clips", "1", "--combinations", "3",
-                           "--vae-clips", "8", "--vae-image-steps", "2", "--vae-clip-steps", "2", "--dit-steps", "4"],
+                           "--vae-clips", "8", "--vae-image-steps", "2", "--vae-clip-steps", "2", "--dit-steps", "4",
+                           "--dit-batch", "16"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     for name in FOLDERS:
@@ -63,8 +64,9 @@ def test_every_check_fails_on_random_weights(random_model):
 
 
 def test_matching_the_latent_scale_keeps_the_reconstructions(tmp_path):
-    """The rescaled VAE decodes its own latents to the same pixels, and its later-frame means
-    have the spread that the variant's normalisation expects (1 / VIDEO_LATENT_SCALE)."""
+    """The rescaled VAE decodes its own latents to the same pixels, its later-frame means have
+    the spread that the variant's normalisation expects (1 / VIDEO_LATENT_SCALE), and its
+    posterior is a point mass at the mean."""
     import torch
 
     from pyramid_core.models.vae import CausalVideoVAE
@@ -96,3 +98,8 @@ def test_matching_the_latent_scale_keeps_the_reconstructions(tmp_path):
     torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)
     spread = torch.cat([encode_decode(clip)[0][:, :, 1:].flatten() for clip in clips]).std().item()
     assert spread == pytest.approx(1 / VIDEO_LATENT_SCALE, rel=0.01)
+    vae = CausalVideoVAE.from_pretrained(str(folder)).float().eval()
+    with torch.no_grad():
+        posterior = vae.encode(frames_to_pixels(torch.from_numpy(clips[1])))
+    assert posterior.std.max().item() < 1e-6          # sampling it gives the means the DiT learned from
+    torch.testing.assert_close(posterior.sample(torch.Generator().manual_seed(0)), posterior.mode(), atol=1e-5, rtol=0)
