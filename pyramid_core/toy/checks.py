@@ -15,13 +15,18 @@ import numpy as np
 from . import judge, world
 from .model import ToyModel, ToySettings
 
-MIN_SHIFT = 24.0           # px the object must travel the prompted way (clips travel 48-64 px)
+MIN_SHIFT = 24.0           # px the object must travel the prompted way (clips travel 40-56 px)
 FRAME0_MAX_DIFF = 16.0     # mean |frame 0 - image| in 0-255 units for image-to-video
-FRAME0_MAX_OFFSET = 4.0    # px between the image's object centroid and frame 0's (shapes 28-36 px across)
+FRAME0_MAX_OFFSET = 4.0    # px between the image's object centroid and frame 0's (shapes 40-52 px across)
 SAME_SHAPE_IOU = 0.7       # silhouette IoU with the image's object (judge.silhouette_iou) that counts as the same shape
 SAME_SHAPE = 0.8           # fraction of frames that must show the image's shape
 SEAM = 1 + (world.FRAMES - 1) // 2   # continuation: the clip's first 9 frames are given, 8 are made
-SEAM_TOLERANCE = 1.5       # px/frame between the centroid velocity before and after a continuation seam (speeds 3-4)
+# Continuation: the centroid velocity after the seam must point within SEAM_MAX_TURN_DEG of the
+# velocity before it and its speed must stay within a factor SEAM_SPEED_FACTOR of the speed
+# before, so an object that stops, turns aside, reverses or races off fails (clips move
+# 2.5-3.5 px/frame in one of four directions, 90 deg apart).
+SEAM_MAX_TURN_DEG = 45.0
+SEAM_SPEED_FACTOR = 3.0
 
 # Prompts for text-to-video: every colour, shape, direction and background, half of them
 # (colour, shape, direction) combinations that training never showed.
@@ -92,7 +97,8 @@ def judge_image_to_video(frames: np.ndarray, image: np.ndarray, scene: world.Sce
 def check_continuation(model: ToyModel, scene: world.Scene, seed: int,
                        settings: ToySettings = ToySettings()) -> judge.Verdict:
     """Continue the scene's first 9 frames to 17: the new frames keep the object's colour and its
-    centroid velocity (a line fit over frames 0-8 against one over frames 9-16)."""
+    direction of motion (the centroid velocity of a line fit over frames 0-8 against one over
+    frames 9-16: turned by at most SEAM_MAX_TURN_DEG, the speed within a factor SEAM_SPEED_FACTOR)."""
     clip = world.render(scene)
     return judge_continuation(model.continue_video(clip[:SEAM], scene.caption, seed, settings), scene)
 
@@ -103,16 +109,23 @@ def judge_continuation(frames: np.ndarray, scene: world.Scene, seam: int = SEAM)
     reading = judge.read_video(frames)
     after = judge.read_video(frames[seam:])
     before_v, after_v = reading.velocity(0, seam), reading.velocity(seam, None)
-    change = float(np.hypot(*(after_v - before_v)))
+    before_speed, after_speed = float(np.hypot(*before_v)), float(np.hypot(*after_v))
+    # The angle from atan2 of the cross and dot products: defined (0) for a zero vector, where
+    # arccos of a normalised dot product would divide by zero.
+    cross = float(before_v[0] * after_v[1] - before_v[1] * after_v[0])
+    turn = float(np.degrees(np.arctan2(abs(cross), float(np.dot(before_v, after_v)))))
     reasons = []
     if after.color != scene.color:
         reasons.append(f"the continuation's dominant colour is {after.color}, the clip's {scene.color}")
-    if not change <= SEAM_TOLERANCE:
+    ratio = after_speed / before_speed if before_speed > 0 else float("nan")
+    if not (turn <= SEAM_MAX_TURN_DEG and 1 / SEAM_SPEED_FACTOR <= ratio <= SEAM_SPEED_FACTOR):
         reasons.append(f"velocity {np.round(before_v, 2).tolist()} px/frame before the seam, "
-                       f"{np.round(after_v, 2).tolist()} after (change {change:.2f} > {SEAM_TOLERANCE})")
+                       f"{np.round(after_v, 2).tolist()} after: turned {turn:.0f} deg (<= {SEAM_MAX_TURN_DEG:.0f} "
+                       f"allowed), speed x{ratio:.2f} (x{1 / SEAM_SPEED_FACTOR:.2f}-x{SEAM_SPEED_FACTOR:.0f} allowed)")
     return judge.Verdict(not reasons, reasons, {"color": after.color, "velocity_before": np.round(before_v, 3).tolist(),
                                                 "velocity_after": np.round(after_v, 3).tolist(),
-                                                "change": round(change, 3)})
+                                                "turn_deg": round(turn, 1),
+                                                "speed_ratio": round(ratio, 3)})
 
 
 def success_rate(verdicts: Iterable[judge.Verdict]) -> float:

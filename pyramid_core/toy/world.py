@@ -33,8 +33,11 @@ BACKGROUNDS = {"black": ((12, 12, 12),), "gray": ((128, 128, 128),),
 STRIPE = 8
 SHAPES = ("square", "circle", "triangle")
 DIRECTIONS = {"right": (1.0, 0.0), "left": (-1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}  # image axes
-SIZE_RANGE = (14.0, 18.0)      # half-width of the shape in px
-SPEED_RANGE = (3.0, 4.0)       # px per frame: 48-64 px over a clip
+# Shapes 40-52 px across: a third of the frame, 5-6 latent pixels, so that the object is a good
+# part of what the DiT's loss sees (with 28-36 px shapes, an image-only DiT drew the prompted
+# colour for 30 of 48 prompts; with these, 35 of 48, same steps).
+SIZE_RANGE = (20.0, 26.0)      # half-width of the shape in px
+SPEED_RANGE = (2.5, 3.5)       # px per frame: 40-56 px over a clip, room for the whole path
 SUPERSAMPLE = 4
 
 # (colour, shape, direction) never shown in training; every word still appears in others.

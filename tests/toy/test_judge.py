@@ -84,3 +84,30 @@ def test_silhouettes_match_wherever_they_are_and_differ_between_shapes():
     masks = judge.color_masks(world.render(scene), "blue")
     assert masks.shape == (world.FRAMES, world.HEIGHT, world.WIDTH)
     assert min(judge.silhouette_iou(m, masks[0]) for m in masks) > 0.8
+
+
+def test_the_continuation_seam_passes_the_clip_and_fails_a_stop_a_turn_and_a_reversal():
+    """checks.judge_continuation against clips whose answer is known: the rendered clip itself
+    passes; one whose object stops, turns 90 degrees or reverses at the seam fails."""
+    from dataclasses import replace
+
+    from pyramid_core.toy import checks
+
+    scene = world.random_scene(np.random.default_rng(6), "red", "square", "right", "gray")
+    clip = world.render(scene)
+    verdict = checks.judge_continuation(clip, scene)
+    assert verdict.ok and verdict.measures["turn_deg"] < 1 and 0.97 < verdict.measures["speed_ratio"] < 1.03, verdict
+    seam = checks.SEAM
+    stop = clip.copy()
+    stop[seam:] = clip[seam - 1]
+    x, y = scene.center(seam - 1)
+    for name, frames in (
+        ("stop", stop),
+        ("turn", world.render(replace(scene, direction="down", x=x, y=y), frames=world.FRAMES - seam)),
+        ("reverse", world.render(replace(scene, direction="left", x=x, y=y), frames=world.FRAMES - seam)),
+    ):
+        if name != "stop":
+            frames = np.concatenate([clip[:seam], frames])
+        verdict = checks.judge_continuation(frames, scene)
+        assert not verdict.ok and "velocity" in verdict.reasons[0], (name, verdict)
+    assert not checks.judge_continuation(clip, replace(scene, color="blue")).ok
