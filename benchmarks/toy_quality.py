@@ -1,18 +1,21 @@
 """Quality against cost on the toy model: what a sampler setting does to videos, not to tensors.
 
 For each setting (steps per pyramid stage; history: recent units at full resolution, a cap on
-past latent frames) it samples a toy model (``scripts/train_toy_model.py --out DIR``) through the
-library's pipelines and runs the checks of pyramid_core/toy/checks.py:
+past latent frames) it samples the toy model (the committed ``toy_model/pyramid-flow-toy``, or
+another folder written by ``scripts/train_toy_model.py --out DIR``) through the library's
+pipelines and runs the checks of pyramid_core/toy/checks.py:
 
 * ``t2v``: the prompted colour moves the prompted way (every prompt of ``checks.T2V_CASES``,
   half of them held out of training, over ``--seeds`` seeds);
 * ``i2v``: frame 0 is the image, the object keeps its shape and colour and moves;
-* ``continue``: the continuation keeps the clip's colour and centroid velocity at the seam.
+* ``continue``: the continuation keeps the clip's colour and direction of motion at the seam;
+
+the last two from as many scenes (``checks.scene_for``) as text-to-video makes videos.
 
 One JSON line per setting: the success rate of each check, the number of videos behind it, and
 the mean seconds per video (sampling and decoding, this machine, fp32 on the CPU).
 
-    python benchmarks/toy_quality.py --model DIR [--seeds 5] [--steps 1,2,4,10]
+    python benchmarks/toy_quality.py [--model DIR] [--seeds 5] [--steps 1,2,4,10]
 """
 
 from __future__ import annotations
@@ -48,9 +51,12 @@ def measure(model: ToyModel, settings: ToySettings, seeds: int) -> dict:
     videos, started, rates = 0, time.perf_counter(), {}
     runs = {
         "t2v": [lambda s, c=c: checks.check_text_to_video(model, c, s, settings) for c in checks.T2V_CASES],
-        "i2v": [lambda s: checks.check_image_to_video(model, checks.scene_for(s), s, settings)],
-        "continue": [lambda s: checks.check_continuation(model, checks.scene_for(s), s, settings)],
     }
+    scenes = len(checks.T2V_CASES)
+    runs["i2v"] = [lambda s, k=k: checks.check_image_to_video(model, checks.scene_for(k * seeds + s), s, settings)
+                   for k in range(scenes)]
+    runs["continue"] = [lambda s, k=k: checks.check_continuation(model, checks.scene_for(k * seeds + s), s, settings)
+                        for k in range(scenes)]
     for name, makers in runs.items():
         verdicts = [make(seed) for make in makers for seed in range(seeds)]
         videos += len(verdicts)
@@ -62,8 +68,8 @@ def measure(model: ToyModel, settings: ToySettings, seeds: int) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, required=True,
-                        help="a model folder written by scripts/train_toy_model.py (its --out)")
+    parser.add_argument("--model", type=Path, default=ROOT / "toy_model" / "pyramid-flow-toy",
+                        help="a model folder written by scripts/train_toy_model.py (its --out; default: the committed one)")
     parser.add_argument("--seeds", type=int, default=5, help="seeds per prompt / images / clips")
     parser.add_argument("--steps", default="1,2,4,10", help="steps per stage to compare")
     args = parser.parse_args()
