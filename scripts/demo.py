@@ -3,9 +3,13 @@
 Starts a headless ComfyUI (``comfyui_harness.ComfyUIServer``, latent previews on) with this
 pack, and runs each API workflow in ``workflows/api/``. Models: ``--models DIR`` points at a
 ComfyUI ``models/`` folder holding the real files the workflows name (see the README);
-without it the demo writes tiny random-weight stand-ins under those names and shrinks the
-workflows (sizes, steps) so that everything runs on a CPU in about a minute -- the video is
-noise, the path through every node is the real one. Videos are copied to ``--out``.
+without it the demo writes the toy model (``toy_model/pyramid-flow-toy``, trained on the toy
+world by ``scripts/train_toy_model.py``) under those names and makes each workflow ask it for a
+toy-world scene at 128x128 px (prompt, size, length, steps: ``tiny_checkpoints.TOY_CASES``;
+seed: ``TOY_DEMO_SEEDS``, one at which the model gets it right), so that everything runs on a
+CPU in a minute and every video shows the prompted shape moving the prompted way.
+``--random-stand-ins`` uses untrained tiny weights instead (videos of noise, in seconds).
+Videos are copied to ``--out``.
 
 Every workflow runs even when one fails; a table (workflow, status, seconds, output) ends
 the run, and the exit code is 1 if any workflow failed.
@@ -39,13 +43,17 @@ class Outcome:
     error: str = ""
 
 
-def run_workflow(server: ComfyUIServer, name: str, real_models: bool, out: Path, timeout: float) -> Outcome:
+def run_workflow(server: ComfyUIServer, name: str, real_models: bool, out: Path, timeout: float,
+                 toy: bool = True) -> Outcome:
     """Run one shipped workflow; never raises (a failure is recorded in the outcome)."""
     outcome = Outcome(name)
     started = time.monotonic()
     try:
         prompt = tiny_checkpoints.load_api_workflow(f"pyramid_flow_{name}")
-        if not real_models:
+        if toy and not real_models:
+            workflow = f"pyramid_flow_{name}"
+            prompt = tiny_checkpoints.shrink(prompt, seed=tiny_checkpoints.TOY_DEMO_SEEDS[workflow], toy=workflow)
+        elif not real_models:
             prompt = tiny_checkpoints.shrink(prompt)
         entry = server.run(prompt, timeout=timeout)
         saved = [item for item in output_files(entry) if item.get("type") == "output"]
@@ -59,6 +67,22 @@ def run_workflow(server: ComfyUIServer, name: str, real_models: bool, out: Path,
         outcome.status, outcome.error = "FAILED", (str(err).strip().splitlines() or [repr(err)])[0][:300]
     outcome.seconds = time.monotonic() - started
     return outcome
+
+
+def write_thumbnail(output: Path, target: Path, size: int = 256) -> None:
+    """The middle frame of a saved video (or the saved image), ``size`` px wide, as a JPEG: the
+    picture ComfyUI's template browser shows beside a workflow of the same name."""
+    from PIL import Image
+
+    if output.suffix == ".png":
+        with Image.open(output) as image:
+            frame = image.convert("RGB")
+    else:
+        from pyramid_core.video_io import read_video
+
+        frames, _ = read_video(output)
+        frame = Image.fromarray(frames[len(frames) // 2].numpy())
+    frame.resize((size, round(size * frame.height / frame.width)), Image.BICUBIC).save(target, quality=90)
 
 
 def print_table(outcomes: list[Outcome]) -> None:
@@ -77,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", type=Path, help="a ComfyUI models/ folder with the real checkpoints")
     parser.add_argument("--out", type=Path, default=Path("output"), help="where the videos go (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per workflow")
+    parser.add_argument("--thumbnails", type=Path, metavar="DIR",
+                        help="also write each workflow's template thumbnail (<workflow>.jpg) here, e.g. workflows")
+    parser.add_argument("--random-stand-ins", action="store_true",
+                        help="untrained tiny weights instead of the toy model (noise, but faster)")
     args = parser.parse_args(argv)
     unknown = sorted(set(args.workflows) - set(available))
     if unknown:
@@ -91,12 +119,16 @@ def main(argv: list[str] | None = None) -> int:
             server.models_dir.symlink_to(args.models.resolve(), target_is_directory=True)
             tiny_checkpoints.write_inputs(server.input_dir)
         else:
-            tiny_checkpoints.write_stand_ins(server.models_dir, server.input_dir)
-        print(f"ComfyUI {server.url} with pyramid-flow ({'real models' if args.models else 'tiny stand-ins'})")
+            tiny_checkpoints.write_stand_ins(server.models_dir, server.input_dir, toy=not args.random_stand_ins)
+        kind = "real models" if args.models else "random stand-ins" if args.random_stand_ins else "the toy model"
+        print(f"ComfyUI {server.url} with pyramid-flow ({kind})")
         outcomes = []
         for name in args.workflows or available:
-            outcomes.append(run_workflow(server, name, bool(args.models), args.out, args.timeout))
+            outcomes.append(run_workflow(server, name, bool(args.models), args.out, args.timeout,
+                                         toy=not args.random_stand_ins))
             last = outcomes[-1]
+            if args.thumbnails and last.status == "ok":
+                write_thumbnail(Path(last.output), args.thumbnails / f"pyramid_flow_{name}.jpg")
             print(f"{name}: {last.status} in {last.seconds:.1f} s {last.output or last.error}", flush=True)
         if any(o.status != "ok" for o in outcomes):
             print(f"\nthe last lines of the server log:\n{server.log_tail(40)}")

@@ -5,12 +5,16 @@
 Models are the ComfyUI's own (``models/`` of the pinned ComfyUI in ``.cache/comfyui/``, or of
 ``COMFYUI_DIR``). When none of its diffusion models is a Pyramid Flow DiT -- as on a fresh
 machine, where the real weights are not downloaded -- or with ``--stand-ins``, the page is
-served from ``.cache/stand-ins/`` instead: tiny random-weight models under the file names the
-workflows use, and, in the page's Workflows panel, the shipped workflows made to run on
-them ("stand-ins/..."). The shipped templates load the text encoders with the core
-DualCLIPLoader (t5xxl + clip_l), which always builds a full-size T5-XXL, so no stand-in can
-serve them; the stand-in workflows use the Pyramid Flow Text Encoder Loader instead. Their
-videos are noise; every node runs for real. Latent previews are on (``--preview-method auto``).
+served from ``.cache/stand-ins/`` instead: the toy model (``toy_model/pyramid-flow-toy``, trained
+on the toy world of moving shapes) under the file names the workflows use, and, in the page's
+Workflows panel, the shipped workflows made to ask it for toy-world scenes ("stand-ins/...").
+The shipped templates load the text encoders with the core DualCLIPLoader (t5xxl + clip_l),
+which always builds a full-size T5-XXL, so no stand-in can serve them; the stand-in workflows
+use the Pyramid Flow Text Encoder Loader instead. At the seed they open with (the demo's) their
+videos show the prompted shape moving the prompted way; other seeds, less often (the toy
+model's MODEL_CARD.md). Prompts of the toy world's words (colours red, green, blue, yellow;
+square, circle, triangle; right, left, up, down; black, gray, striped backgrounds) are what it
+can draw. Latent previews are on (``--preview-method auto``).
 """
 
 from __future__ import annotations
@@ -52,11 +56,11 @@ def has_pyramid_dit(models_dir: Path) -> bool:
 def prepare_stand_ins(base: Path) -> None:
     """A ComfyUI base directory with the stand-in models, input media and this pack."""
     prepare_base_dir(base)
-    tiny_checkpoints.write_stand_ins(base / "models", base / "input")
+    tiny_checkpoints.write_stand_ins(base / "models", base / "input", toy=True)
 
 
 def write_stand_in_workflows(url: str, base: Path) -> list[Path]:
-    """The shipped workflows made to run on the stand-ins, in the page's Workflows panel."""
+    """The shipped workflows made to run on the toy model, in the page's Workflows panel."""
     with urllib.request.urlopen(url + "/object_info", timeout=60) as response:
         object_info = json.load(response)
     folder = base / "user" / "default" / "workflows" / "stand-ins"
@@ -64,7 +68,9 @@ def write_stand_in_workflows(url: str, base: Path) -> list[Path]:
     written = []
     for path in sorted(tiny_checkpoints.WORKFLOWS.glob("*.json")):
         target = folder / path.name
-        target.write_text(json.dumps(tiny_checkpoints.shrink_ui(path.stem, object_info), indent=1))
+        workflow = tiny_checkpoints.shrink_ui(path.stem, object_info, seed=tiny_checkpoints.TOY_DEMO_SEEDS[path.stem],
+                                              toy=True)
+        target.write_text(json.dumps(workflow, indent=1))
         written.append(target)
     return written
 

@@ -176,14 +176,84 @@ MODEL_FILES = {                              # file names the workflows expect -
 }
 
 
-def write_stand_ins(models_dir: Path, input_dir: Path) -> None:
-    """Tiny checkpoints under every file name the workflows expect, plus their input media."""
+# The toy model (scripts/train_toy_model.py, committed): what the demo and the page run, so that
+# their videos show the prompted shape moving. Its DiT is a 384p-variant miniFLUX; the 768p and
+# image variants share its latent normalisation and scheduler, so it serves all three names.
+TOY_MODEL = ROOT / "toy_model" / "pyramid-flow-toy"
+TOY_TEXT_ENCODERS = "pyramid-flow-toy"
+TOY_SIZE, TOY_FRAMES, TOY_CONTEXT_FRAMES = 128, 17, 9      # the toy world's clips; continuation: 9 -> 17
+TOY_STEPS, TOY_GUIDANCE = 10, 4.0                          # per stage; ToySettings' defaults
+# What each shipped workflow asks the toy model for: (colour, shape, direction, background): for
+# text-to-video, prompts the model draws right for about half the seeds (its MODEL_CARD.md), so
+# the demo shows what it can do; the library's quality tests judge it over every kind of prompt.
+TOY_CASES = {
+    "pyramid_flow_t2v_384p": ("yellow", "triangle", "right", "gray"),
+    "pyramid_flow_t2v_768p": ("green", "circle", "up", "black"),
+    "pyramid_flow_t2v_per_stage": ("red", "square", "right", "black"),
+    "pyramid_flow_i2v_384p": ("yellow", "square", "up", "gray"),
+    "pyramid_flow_continue_384p": ("green", "square", "down", "striped"),
+    "pyramid_flow_t2i_1024p": ("yellow", "circle", "left", "gray"),
+}
+# The image-to-video and continuation workflows get a toy image / clip of a scene as input: that
+# of ``pyramid_core.toy.checks.scene_for(seed)`` (their TOY_CASES entries are its caption).
+TOY_SCENE_SEEDS = {"pyramid_flow_i2v_384p": 9, "pyramid_flow_continue_384p": 3}
+# The seed the demo samples each workflow with: one at which the committed model draws its case
+# right (tests/comfyui/test_toy_workflows.py measures how often it does over six seeds), so that
+# the README's main command shows what the model can do; MODEL_CARD.md says how often.
+TOY_DEMO_SEEDS = {"pyramid_flow_t2v_384p": 1, "pyramid_flow_t2v_768p": 0, "pyramid_flow_t2v_per_stage": 0,
+                  "pyramid_flow_i2v_384p": 0, "pyramid_flow_continue_384p": 0, "pyramid_flow_t2i_1024p": 0}
+
+
+def write_stand_ins(models_dir: Path, input_dir: Path, toy: bool = False) -> None:
+    """Stand-in checkpoints under every file name the workflows expect, plus their input media:
+    the tiny random-weight models, or (``toy``) the toy model and toy-world inputs."""
+    if toy:
+        write_toy_stand_ins(models_dir, input_dir)
+        return
     for name, family in MODEL_FILES["diffusion_models"].items():
         write_tiny_dit(models_dir, name, family)
     for name in MODEL_FILES["vae"]:
         write_tiny_vae(models_dir, name)
     write_tiny_text_encoders(models_dir, TINY_TEXT_ENCODERS)
     write_inputs(input_dir)
+
+
+def write_toy_stand_ins(models_dir: Path, input_dir: Path) -> None:
+    """The toy model as single files under the workflows' file names (its config in the metadata),
+    its text encoders as ``text_encoders/pyramid-flow-toy``, and the toy inputs."""
+    models_dir = Path(models_dir)
+    if not TOY_MODEL.is_dir():
+        raise FileNotFoundError(f"{TOY_MODEL} is missing: it is committed; rebuild it with scripts/train_toy_model.py")
+    for kind, folder in (("diffusion_models", "diffusion_transformer_384p"), ("vae", "causal_video_vae")):
+        for name in MODEL_FILES[kind]:
+            (models_dir / kind).mkdir(parents=True, exist_ok=True)
+            single_file(TOY_MODEL / folder / "config.json", TOY_MODEL / folder / "diffusion_pytorch_model.safetensors",
+                        models_dir / kind / name)
+    for name in ("tokenizer", "text_encoder", "tokenizer_2", "text_encoder_2"):
+        shutil.copytree(TOY_MODEL / name, models_dir / "text_encoders" / TOY_TEXT_ENCODERS / name, dirs_exist_ok=True)
+    write_toy_inputs(input_dir)
+
+
+def toy_scene(workflow: str):
+    """The toy-world scene whose image or clip ``workflow`` gets as input (:data:`TOY_SCENE_SEEDS`)."""
+    from pyramid_core.toy import checks
+
+    scene = checks.scene_for(TOY_SCENE_SEEDS[workflow])
+    case = (scene.color, scene.shape, scene.direction, scene.background)
+    assert case == TOY_CASES[workflow], f"TOY_CASES[{workflow!r}] must be its scene's case {case}"
+    return scene
+
+
+def write_toy_inputs(folder: Path) -> None:
+    """``example.png``: frame 0 of the image-to-video workflow's scene; ``clip.mp4``: the
+    continuation workflow's scene, all 17 frames (the workflow keeps the first 9)."""
+    from PIL import Image
+
+    from pyramid_core.toy import world
+    from pyramid_core.training.synthetic import write_video
+
+    Image.fromarray(world.render(toy_scene("pyramid_flow_i2v_384p"), frames=1)[0]).save(Path(folder) / "example.png")
+    write_video(Path(folder) / "clip.mp4", world.render(toy_scene("pyramid_flow_continue_384p")), world.FPS)
 
 
 def write_inputs(folder: Path) -> None:
@@ -244,10 +314,51 @@ def _stand_in_edits(prompt: dict, seed: int) -> dict[str, tuple[str | None, dict
     return edits
 
 
-def shrink(prompt: dict, seed: int = 7) -> dict:
-    """The API-format workflow with the tiny text encoders, fp32 models, 128x64 px, 9 frames and 1-2 steps."""
+def _toy_edits(prompt: dict, workflow: str, seed: int) -> dict[str, tuple[str | None, dict]]:
+    """Like :func:`_stand_in_edits`, for the toy model: its text encoders, fp32, the toy world's
+    size and length (a continuation: its 9-frame clip continued to 17; an image: 1 frame), the
+    prompt of ``workflow``'s case (:data:`TOY_CASES`) with the empty negative prompt the toy DiT
+    was trained with, TOY_STEPS steps per stage and guidance TOY_GUIDANCE."""
+    from pyramid_core.toy import world
+
+    caption = world.caption(*TOY_CASES[workflow])
+    edits: dict[str, tuple[str | None, dict]] = {}
+    for node_id, node in prompt.items():
+        inputs, kind = node["inputs"], node["class_type"]
+        if kind == "DualCLIPLoader":
+            edits[node_id] = ("PyramidFlowTextEncoderLoader", {"folder": TOY_TEXT_ENCODERS, "precision": "fp32"})
+        elif kind in ("PyramidFlowDiTLoader", "PyramidFlowVAELoader"):
+            edits[node_id] = (None, {"precision": "fp32"})
+        elif kind == "PyramidFlowTextEncode":
+            edits[node_id] = (None, {"prompt": caption, "negative_prompt": ""})
+        elif kind == "PyramidFlowEmptyLatent":
+            length = 1 if inputs["length"] == 1 else TOY_FRAMES
+            edits[node_id] = (None, dict(width=TOY_SIZE, height=TOY_SIZE, length=length))
+        elif kind == "ImageScale":
+            edits[node_id] = (None, dict(width=TOY_SIZE, height=TOY_SIZE))
+        elif kind == "ImageFromBatch":
+            edits[node_id] = (None, {"length": TOY_CONTEXT_FRAMES})
+        elif kind == "PyramidFlowSampler":
+            steps = {k: TOY_STEPS for k in inputs if "steps_stage" in k}
+            edits[node_id] = (None, {**steps, "guidance_scale": TOY_GUIDANCE, "video_guidance_scale": TOY_GUIDANCE,
+                                     "seed": seed})
+        elif kind == "PyramidFlowStageSampler":
+            edits[node_id] = (None, dict(steps=TOY_STEPS, guidance_scale=TOY_GUIDANCE, seed=seed))
+        elif kind == "PyramidFlowUnitSampler":
+            edits[node_id] = (None, dict(steps_stage1=TOY_STEPS, steps_stage2=TOY_STEPS, steps_stage3=TOY_STEPS,
+                                         seed=seed))
+    return edits
+
+
+def _edits(prompt: dict, seed: int, toy: str | None) -> dict[str, tuple[str | None, dict]]:
+    return _toy_edits(prompt, toy, seed) if toy else _stand_in_edits(prompt, seed)
+
+
+def shrink(prompt: dict, seed: int = 7, toy: str | None = None) -> dict:
+    """The API-format workflow with the tiny text encoders, fp32 models, 128x64 px, 9 frames and
+    1-2 steps; or, with ``toy`` (the workflow's name), made to run on the toy model (:func:`_toy_edits`)."""
     prompt = copy.deepcopy(prompt)
-    for node_id, (kind, values) in _stand_in_edits(prompt, seed).items():
+    for node_id, (kind, values) in _edits(prompt, seed, toy).items():
         if kind is not None:
             prompt[node_id] = {"class_type": kind, "inputs": dict(values)}
         else:
@@ -259,7 +370,7 @@ def shrink(prompt: dict, seed: int = 7) -> dict:
     return prompt
 
 
-def shrink_ui(name: str, object_info: dict, seed: int = 7) -> dict:
+def shrink_ui(name: str, object_info: dict, seed: int = 7, toy: bool = False) -> dict:
     """:func:`shrink` for the UI-format file of the shipped workflow ``name`` (what the page opens).
 
     ``object_info`` is the server's ``/object_info`` (input order, and which widgets carry a
@@ -267,7 +378,7 @@ def shrink_ui(name: str, object_info: dict, seed: int = 7) -> dict:
     twin apply to both; what the page queues from the result is ``shrink`` of the twin.
     """
     workflow = load_ui_workflow(name)
-    for node_id, (kind, values) in _stand_in_edits(load_api_workflow(name), seed).items():
+    for node_id, (kind, values) in _edits(load_api_workflow(name), seed, name if toy else None).items():
         if kind is not None:
             replace_node(workflow, int(node_id), kind, object_info, retarget={"CLIP": "text_encoder"})
         set_widget_values(workflow, int(node_id), values, object_info)

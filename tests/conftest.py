@@ -7,6 +7,7 @@ test that used it fails, the server log is attached to the report.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -28,9 +29,10 @@ def artifacts_dir() -> Path:
     return ARTIFACTS
 
 
-@pytest.fixture(scope="session")
-def comfyui(artifacts_dir):
-    """A running ComfyUI with this pack loaded (:class:`comfyui_harness.ComfyUIServer`)."""
+@contextlib.contextmanager
+def _running_server(log_file: Path):
+    """A started ComfyUI with this pack (skipped when none is installed); always stopped, its
+    log left in ``log_file``."""
     try:
         server = ComfyUIServer(base_dir=None)
     except ComfyUIError as err:
@@ -45,7 +47,14 @@ def comfyui(artifacts_dir):
     finally:
         log = server.log_text()
         server.cleanup()
-        (artifacts_dir / "comfyui_server.log").write_text(log)
+        log_file.write_text(log)
+
+
+@pytest.fixture(scope="session")
+def comfyui(artifacts_dir):
+    """A running ComfyUI with this pack loaded (:class:`comfyui_harness.ComfyUIServer`)."""
+    with _running_server(artifacts_dir / "comfyui_server.log") as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
@@ -57,11 +66,23 @@ def tiny_comfyui(comfyui):
     return comfyui
 
 
+@pytest.fixture(scope="session")
+def toy_comfyui(artifacts_dir):
+    """A second ComfyUI whose models are the committed toy model under the workflows' file names
+    (the demo's setup), with the toy world's input image and clip."""
+    from tiny_checkpoints import write_stand_ins
+
+    with _running_server(artifacts_dir / "toy_comfyui_server.log") as server:
+        write_stand_ins(server.models_dir, server.input_dir, toy=True)
+        yield server
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """Attach the ComfyUI log tail to every failing test that used the server."""
     outcome = yield
     report = outcome.get_result()
-    server = item.funcargs.get("comfyui") if hasattr(item, "funcargs") else None
+    funcargs = getattr(item, "funcargs", {})
+    server = funcargs.get("comfyui") or funcargs.get("toy_comfyui")
     if report.failed and isinstance(server, ComfyUIServer):
         report.sections.append(("ComfyUI server log (tail)", server.log_tail(80)))

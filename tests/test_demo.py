@@ -48,7 +48,7 @@ def test_every_workflow_runs_and_a_failure_shows_in_the_table_and_exit_code(tmp_
         return servers[-1]
 
     monkeypatch.setattr(demo, "ComfyUIServer", make_server)
-    monkeypatch.setattr(demo.tiny_checkpoints, "write_stand_ins", lambda models, inputs: None)
+    monkeypatch.setattr(demo.tiny_checkpoints, "write_stand_ins", lambda models, inputs, toy=False: None)
     code = demo.main(["--out", str(tmp_path / "out")])
     out = capsys.readouterr().out
     table = out[out.index("workflow  "):]
@@ -65,5 +65,21 @@ def test_every_workflow_runs_and_a_failure_shows_in_the_table_and_exit_code(tmp_
 
 def test_all_ok_exits_zero(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "ComfyUIServer", lambda extra_args=(): FakeServer(tmp_path / "server", extra_args))
-    monkeypatch.setattr(demo.tiny_checkpoints, "write_stand_ins", lambda models, inputs: None)
+    monkeypatch.setattr(demo.tiny_checkpoints, "write_stand_ins", lambda models, inputs, toy=False: None)
     assert demo.main(["t2v_384p", "--out", str(tmp_path / "out")]) == 0
+
+
+def test_a_thumbnail_is_the_middle_frame_256_px_wide(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from pyramid_core.training.synthetic import write_video
+
+    frames = np.zeros((9, 64, 128, 3), np.uint8)
+    frames[4] = (200, 30, 30)                                  # only the middle frame is red
+    write_video(tmp_path / "clip.mp4", frames, 24)
+    demo.write_thumbnail(tmp_path / "clip.mp4", tmp_path / "thumb.jpg")
+    with Image.open(tmp_path / "thumb.jpg") as image:
+        assert image.size == (256, 128)
+        red, green, _ = np.asarray(image.convert("RGB"), np.float32).mean(axis=(0, 1))
+    assert red > 150 and green < 80

@@ -159,7 +159,8 @@ def test_workflow_loads_in_the_page(page, path, artifacts_dir):
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_stand_in_versions_queue_what_the_demo_runs(page, tiny_comfyui, path, artifacts_dir):
-    """``serve`` without real models offers these: the tiny text encoders instead of the core
+    """The stand-in versions (here of the random tiny models, ``demo --random-stand-ins``; the
+    toy model's differ only in values): the tiny text encoders instead of the core
     DualCLIPLoader (which always builds a full-size T5-XXL), small sizes and few steps."""
     workflow = shrink_ui(path.stem, tiny_comfyui.object_info())
     _check_loaded(page, workflow, artifacts_dir / f"stand-in-{path.stem}.png", shrink(load_api_workflow(path.stem)))
