@@ -163,10 +163,11 @@ def normalize_latent_channels(vae_folder: Path, anno: Path, clips: int = 96) -> 
     The DiT sees ``(latent - shift) * scale`` with the released VAE's constants
     (:mod:`pyramid_core.variants`), which give that VAE's later-frame latents about zero mean and
     unit variance. A small VAE trained from scratch has latents of another spread, and an uneven
-    one: the toy VAE's channels range from std 0.3 to 9. Under the schedule's unit noise a
-    channel of std 0.1 is gone at every timestep and a channel of std 3 is barely touched, so
-    the DiT would learn the faint channels from almost nothing (measured with an image-only
-    DiT, 48 prompts: colour 29/48 with this map, 30/48 with one global factor -- neutral there).
+    one: the committed toy VAE's channels ranged from std 0.12 to 1.8, a factor 15 (its
+    training.json). Under the schedule's unit noise a channel of std 0.1 is gone at every
+    timestep and a channel of std 3 is barely touched, so the DiT would learn the faint
+    channels from almost nothing (measured with an image-only DiT, 48 prompts: colour 29/48
+    with this map, 30/48 with one global factor -- neutral there).
     An affine map of each channel of the encoder's means, undone by the decoder's first conv
     (both 1x1x1 convs, so the map is exact: the same reconstructions), gives every channel
     of the later-frame latents, as the DiT sees them, mean 0 and std 1 (per-channel latent
