@@ -240,7 +240,8 @@ def toy_scene(workflow: str):
 
     scene = checks.scene_for(TOY_SCENE_SEEDS[workflow])
     case = (scene.color, scene.shape, scene.direction, scene.background)
-    assert case == TOY_CASES[workflow], f"TOY_CASES[{workflow!r}] must be its scene's case {case}"
+    if case != TOY_CASES[workflow]:
+        raise ValueError(f"TOY_CASES[{workflow!r}] must be the case of its scene (TOY_SCENE_SEEDS): {case}")
     return scene
 
 
