@@ -194,9 +194,13 @@ def read_jobs(path: str | Path, defaults: argparse.Namespace, out_dir: Path, *, 
             if "id" not in row:
                 raise ValueError('no "id" (each job needs one: it names the output files)')
             job_id = _job_id(row["id"])
-            if job_id in seen:
-                raise ValueError(f'duplicate id "{job_id}" (first on line {seen[job_id]})')
-            seen[job_id] = number
+            # Ids name files: "Fox" and "fox" are one file on macOS and Windows file systems.
+            first = seen.get(job_id.casefold())
+            if first is not None:
+                first_number, first_id = first
+                same = "" if first_id == job_id else f' as "{first_id}": ids that differ only in case name one file'
+                raise ValueError(f'duplicate id "{job_id}" (first on line {first_number}{same})')
+            seen[job_id.casefold()] = (number, job_id)
             request = _request(row, defaults, path.parent)
             num_frames = check(request)
         except json.JSONDecodeError as err:

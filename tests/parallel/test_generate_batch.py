@@ -178,16 +178,18 @@ def test_bad_jobs_are_reported_with_their_lines_before_any_model_loads(setup, tm
         '{"id": "e", "prompt": "x", "frames": 10}',
         '{"id": "../f", "prompt": "x"}',
         '{"id": "g"}',
+        '{"id": "A", "prompt": "z"}',
     ]) + "\n")
     not_a_model = ["--dit", str(tmp_path / "no_such_dit.safetensors"), *options[2:]]
     code = main(["generate-batch", "--prompts", str(tmp_path / "bad.jsonl"), "--out-dir", str(tmp_path / "o"),
                  *not_a_model])
     err = capsys.readouterr().err
     assert code == 2
-    for expected in ['8 bad job(s), nothing was run', 'line 2: unknown field "colour"', "line 3: not JSON",
+    for expected in ['9 bad job(s), nothing was run', 'line 2: unknown field "colour"', "line 3: not JSON",
                      'line 4: "image"', "missing.png: no such file", 'line 5: duplicate id "a" (first on line 1)',
                      'line 6: "dtype" holds for the whole run', "line 7: ", "1 + 8k", 'line 8: "id" must be a file name',
-                     'line 9: no "prompt"']:
+                     'line 9: no "prompt"',
+                     'line 10: duplicate id "A" (first on line 1 as "a": ids that differ only in case name one file)']:
         assert expected in err, expected
     assert not (tmp_path / "o").exists()
 
