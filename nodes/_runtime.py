@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import torch
 import comfy.model_management
@@ -148,12 +148,29 @@ def text_encoder_folders() -> list[str]:
     return sorted(found)
 
 
+def _check_relative_name(name: str, folder_names: tuple[str, ...]) -> None:
+    """Refuse a name that is not a path inside a model folder: absolute (``/x``, ``C:\\x``) or
+    climbing out with ``..`` (the combo lists only relative names; anything else came from an
+    edited workflow and could read any file on the machine)."""
+    posix, windows = PurePosixPath(name), PureWindowsPath(name)
+    if posix.is_absolute() or windows.anchor or ".." in windows.parts:  # Windows parts split on / and \\
+        where = " or ".join(f"models/{f}" for f in folder_names)
+        raise ValueError(f"{name!r}: give a file or folder inside {where} as the list shows it, not an absolute "
+                         "path or one that climbs out with '..'; put a link to the file in that folder instead")
+
+
 def resolve_model_path(folder_names: tuple[str, ...], name: str) -> str:
-    """Full path of a file or folder picked in a combo; a clear error if it is gone."""
+    """Full path of a file or folder picked in a combo; a clear error if it is gone.
+
+    Every root ComfyUI's ``folder_paths`` gives for the folders counts (``extra_model_paths.yaml``
+    included), and so does whatever sits there as a link: a file symlinked from another disk
+    loads as ComfyUI itself lists it, so no ``realpath`` test applies.
+    """
+    _check_relative_name(name, folder_names)
     for folder_name in folder_names:
         for root in folder_paths.get_folder_paths(folder_name):
             candidate = os.path.join(root, name)
-            if os.path.exists(candidate) and os.path.realpath(candidate).startswith(os.path.realpath(root)):
+            if os.path.exists(candidate):
                 return candidate
     raise ValueError(f"{name!r} is not in models/{'/'.join(folder_names)}: put it there and refresh the page")
 

@@ -121,6 +121,47 @@ def test_vae_files_load_as_users_keep_them(tiny_comfyui):
         assert entry["status"]["status_str"] == "success", name
 
 
+def _execution_errors(entry: dict) -> list[str]:
+    return [m[1]["exception_message"] for m in entry["status"]["messages"] if m[0] == "execution_error"]
+
+
+def test_model_files_load_wherever_comfyui_lists_them(tiny_comfyui, tmp_path):
+    """A VAE file and an official DiT folder symlinked in from another disk load (ComfyUI
+    lists them, so the loaders take them); a name that climbs out of the folder with '..'
+    into a sibling whose name extends the real one (models/vae2 for models/vae), or an
+    absolute path, is refused before anything loads."""
+    elsewhere = tmp_path / "other_disk"
+    elsewhere.mkdir()
+    real_vae = write_tiny_vae(elsewhere, "kept_elsewhere.safetensors")
+    linked = tiny_comfyui.models_dir / "vae" / "linked_vae.safetensors"
+    linked.unlink(missing_ok=True)
+    linked.symlink_to(real_vae)
+    options = tiny_comfyui.object_info("PyramidFlowVAELoader")["PyramidFlowVAELoader"]["input"]["required"]
+    assert "linked_vae.safetensors" in options["vae_name"][1]["options"]
+    assert tiny_comfyui.run(_vae_decode_prompt("linked_vae.safetensors"), timeout=120)["status"]["status_str"] \
+        == "success"
+
+    dit_folder = elsewhere / "pyramid-flow-sd3" / "diffusion_transformer_384p"
+    dit_folder.mkdir(parents=True)
+    shutil.copyfile(GOLDEN / "weights_mmdit_tiny.safetensors", dit_folder / "diffusion_pytorch_model.safetensors")
+    shutil.copyfile(GOLDEN / "config_mmdit_tiny.json", dit_folder / "config.json")
+    linked_repo = tiny_comfyui.models_dir / "diffusion_models" / "linked-sd3"
+    if linked_repo.is_symlink():
+        linked_repo.unlink()
+    linked_repo.symlink_to(dit_folder.parent, target_is_directory=True)
+    message = _loader_text(tiny_comfyui.run(_t2v_with("linked-sd3/diffusion_transformer_384p", seed=9),
+                                            timeout=240))
+    assert message.startswith("variant sd3-384p: the tensors are mmdit"), message
+
+    sibling = tiny_comfyui.models_dir / "vae2"
+    sibling.mkdir(exist_ok=True)
+    shutil.copyfile(real_vae, sibling / "outside.safetensors")
+    for name in ("../vae2/outside.safetensors", str(sibling / "outside.safetensors")):
+        entry = tiny_comfyui.wait(tiny_comfyui.submit(_vae_decode_prompt(name)), timeout=120)
+        errors = _execution_errors(entry)
+        assert errors and "not an absolute path or one that climbs out with '..'" in errors[0], (name, errors)
+
+
 def test_the_dit_loader_takes_preview_colours_fitted_to_a_vae(tiny_comfyui):
     """A fit-preview file in models/vae is offered on the DiT Loader; a broken one is refused
     before the DiT loads."""
@@ -135,8 +176,7 @@ def test_the_dit_loader_takes_preview_colours_fitted_to_a_vae(tiny_comfyui):
     prompt["2"]["inputs"]["preview"] = "my_vae_preview.json"
     assert tiny_comfyui.run(prompt, timeout=240)["status"]["status_str"] == "success"
     prompt["2"]["inputs"]["preview"] = "broken_preview.json"
-    entry = tiny_comfyui.wait(tiny_comfyui.submit(prompt), timeout=120)
-    errors = [m[1]["exception_message"] for m in entry["status"]["messages"] if m[0] == "execution_error"]
+    errors = _execution_errors(tiny_comfyui.wait(tiny_comfyui.submit(prompt), timeout=120))
     assert errors and "not a preview factors file" in errors[0], errors
 
 
