@@ -90,6 +90,16 @@ class _LinHead(nn.Module):
         nn.init.constant_(self.model[1].weight, 1.0 / channels)  # untrained: mean over channels
 
 
+def _unit_channels(features: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) features divided by their norm over C, in fp32.
+
+    ``vector_norm``'s gradient is 0 where the norm is 0 (an all-zero ReLU column), where
+    ``sqrt(sum(f^2))`` would give inf * 0 = NaN.
+    """
+    features = features.float()
+    return features / (torch.linalg.vector_norm(features, dim=1, keepdim=True) + 1e-10)
+
+
 class PerceptualLoss(nn.Module):
     """LPIPS distance per image: sum over layers of the spatial mean of lin(|f(x)/|f(x)| - f(y)/|f(y)||^2).
 
@@ -120,14 +130,18 @@ class PerceptualLoss(nn.Module):
         return super().train(False)  # dropout stays off: the loss is a fixed metric
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # The feature net runs in the caller's precision (under bf16 autocast: bf16, where the
+        # cost is); the distance does not. In bf16 two unit feature vectors agree to ~3 digits,
+        # so |a - b|^2 of a good reconstruction is rounding noise, and the norm's gradient
+        # (sqrt at 0 is infinite) turns into NaN wherever a feature column is 0.
         fx = self.net((x - self.shift) / self.scale)
         fy = self.net((y - self.shift) / self.scale)
         total = 0.0
-        for k, (a, b) in enumerate(zip(fx, fy)):
-            a = a / (a.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-            b = b / (b.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-            total = total + getattr(self, f"lin{k}").model((a - b).pow(2)).mean(dim=(1, 2, 3))
-        return total                                                                 # (N,)
+        with torch.autocast(x.device.type, enabled=False):
+            for k, (a, b) in enumerate(zip(fx, fy)):
+                a, b = _unit_channels(a), _unit_channels(b)
+                total = total + getattr(self, f"lin{k}").model((a - b).pow(2)).mean(dim=(1, 2, 3))
+        return total                                                                 # (N,), fp32
 
 
 def build_perceptual(kind: str, weights: str = "") -> PerceptualLoss:
@@ -218,11 +232,29 @@ class VAELoss(nn.Module):
         return self.discriminator is not None and step >= self.disc_start
 
     def adaptive_weight(self, nll: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor) -> torch.Tensor:
-        """disc_weight * |d nll / d W| / |d g / d W| at the decoder's last weight, clamped to [0, 1e4]."""
+        """disc_weight * |d nll / d W| / |d g / d W| at the decoder's last weight, clamped to [0, 1e4].
+
+        Norms and quotient in fp32 whatever the weight's dtype: a bf16 sum of squares keeps
+        ~3 digits, and a gradient norm that rounds to 0 sends the weight to its clamp.
+        """
         nll_grad = torch.autograd.grad(nll, last_layer, retain_graph=True)[0]
         g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
-        weight = nll_grad.norm() / (g_grad.norm() + 1e-4)
+        nll_norm = torch.linalg.vector_norm(nll_grad, dtype=torch.float32)
+        g_norm = torch.linalg.vector_norm(g_grad, dtype=torch.float32)
+        weight = nll_norm / (g_norm + 1e-4)
         return weight.clamp(0.0, 1e4).detach() * self.disc_weight
+
+    def discriminate(self, video: torch.Tensor) -> torch.Tensor:
+        """The discriminator's logits on (B, 3, T, H, W) pixels, computed in fp32 under any autocast.
+
+        The discriminator is small next to the VAE, and its path is where bf16 fails first:
+        instance norms over a few positions, hinge margins of the logits, and the backward
+        pass into the reconstruction that carries the whole GAN gradient into the decoder
+        (bf16 strided 3-D convolutions are where CPU kernels on AMX have computed wrong
+        results, pytorch#169688). In fp32 none of this depends on the machine's bf16 path.
+        """
+        with torch.autocast(video.device.type, enabled=False):
+            return self.discriminator(video.float())
 
     def generator_loss(self, inputs: torch.Tensor, recon: torch.Tensor, posterior, step: int,
                        last_layer: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
@@ -234,11 +266,11 @@ class VAELoss(nn.Module):
         perceptual = (self.perceptual(frames_out, frames_in).mean() if self.perceptual is not None
                       and self.perceptual_weight > 0 else torch.zeros((), device=inputs.device))
         nll = self.pixel_weight * pixel + self.perceptual_weight * perceptual
-        kl = posterior.kl().float().mean()
+        kl = posterior.kl().mean()                                                      # fp32
         loss = nll + self.kl_weight * kl
         g_loss = d_weight = torch.zeros((), device=inputs.device)
         if self.gan_active(step):
-            g_loss = -self.discriminator(recon).mean()
+            g_loss = -self.discriminate(recon).mean()
             d_weight = self.adaptive_weight(nll, g_loss, last_layer) if last_layer is not None else \
                 torch.tensor(self.disc_weight, device=inputs.device)
             loss = loss + d_weight * g_loss
@@ -248,8 +280,8 @@ class VAELoss(nn.Module):
 
     def discriminator_loss(self, inputs: torch.Tensor, recon: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """Hinge loss on real inputs vs detached reconstructions."""
-        logits_real = self.discriminator(inputs.detach())
-        logits_fake = self.discriminator(recon.detach().float())
+        logits_real = self.discriminate(inputs.detach())
+        logits_fake = self.discriminate(recon.detach())
         loss = hinge_d_loss(logits_real, logits_fake)
         return loss, {"d_loss": float(loss.detach()), "logits_real": float(logits_real.detach().mean()),
                       "logits_fake": float(logits_fake.detach().mean())}

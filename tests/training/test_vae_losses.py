@@ -70,3 +70,38 @@ def test_gan_terms_are_off_before_disc_start_and_weighted_adaptively_after():
     assert logs["d_weight"] == pytest.approx(0.5 * ratio.item(), rel=1e-4)
     d_loss, d_logs = loss_fn.discriminator_loss(target, recon)
     assert d_loss.requires_grad and set(d_logs) == {"d_loss", "logits_real", "logits_fake"}
+
+
+def test_the_gan_and_the_distances_compute_in_fp32_under_bf16_autocast():
+    """The feature and VAE nets may run in bf16; the discriminator, the LPIPS distance, the KL
+    and the adaptive weight never do (see VAELoss.discriminate and PerceptualLoss.forward)."""
+    loss_fn, recon, target, _, last = _setup(disc_start=0)
+    frames = target[:, :, 0]
+    posterior = DiagonalGaussian(torch.randn(2, 8, 1, 2, 2).bfloat16())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert loss_fn.discriminate(recon).dtype == torch.float32
+        assert loss_fn.perceptual(frames, frames + 0.1).dtype == torch.float32
+        assert posterior.kl().dtype == torch.float32
+        total, logs = loss_fn.generator_loss(target, recon, posterior, step=0, last_layer=last)
+        d_loss, _ = loss_fn.discriminator_loss(target, recon)
+    assert total.dtype == d_loss.dtype == torch.float32
+    assert all(torch.isfinite(torch.tensor(v)) for v in logs.values()) and logs["d_weight"] > 0
+
+
+class _MaskedFeatures(torch.nn.Module):
+    """Features that are exactly 0 over every channel in the left half, with gradients still
+    flowing there (no ReLU to stop them): the edge where sqrt(sum(f^2)) has an infinite slope."""
+
+    channels = (3,)
+
+    def forward(self, x):
+        mask = torch.ones_like(x)
+        mask[..., : x.shape[-1] // 2] = 0
+        return [x * mask]
+
+
+def test_perceptual_gradient_is_finite_where_a_feature_column_is_zero():
+    lpips = PerceptualLoss(_MaskedFeatures())
+    x = (torch.rand(1, 3, 8, 8) * 2 - 1).requires_grad_(True)
+    lpips(x, torch.rand(1, 3, 8, 8) * 2 - 1).sum().backward()
+    assert torch.isfinite(x.grad).all() and (x.grad[..., :4] == 0).all() and x.grad[..., 4:].abs().sum() > 0

@@ -35,11 +35,15 @@ class DiagonalGaussian:
         return self.mean
 
     def kl(self, other: DiagonalGaussian | None = None) -> torch.Tensor:
-        """KL divergence to ``other`` (default: the standard normal), summed over T, H, W -> (B, C)."""
+        """KL divergence to ``other`` (default: the standard normal), summed over T, H, W -> (B, C).
+
+        Always fp32: under bf16 autocast the moments are bf16, and ``exp(logvar) - 1 - logvar``
+        cancels to rounding noise near the prior (logvar ~ 0), where a trained VAE sits.
+        """
+        mean, logvar = self.mean.float(), self.logvar.float()
         if other is None:
-            terms = self.mean.pow(2) + self.var - 1.0 - self.logvar
+            terms = mean.pow(2) + logvar.exp() - 1.0 - logvar
         else:
-            terms = (
-                (self.mean - other.mean).pow(2) / other.var + self.var / other.var - 1.0 - self.logvar + other.logvar
-            )
+            other_mean, other_logvar = other.mean.float(), other.logvar.float()
+            terms = ((mean - other_mean).pow(2) + logvar.exp()) / other_logvar.exp() - 1.0 - logvar + other_logvar
         return 0.5 * terms.sum(dim=(2, 3, 4))
