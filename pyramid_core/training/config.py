@@ -52,6 +52,7 @@ class TrainConfig:
     mixed_precision: str = "no"    # "no" or "bf16" (autocast)
     gradient_checkpointing: bool = False
     ema_decay: float = 0.0         # 0 disables EMA
+    max_nonfinite_steps: int = 10  # updates with a NaN/inf loss or gradient are skipped; stop after this many in a row
     seed: int = 42
     # --- run
     output_dir: str = "runs/train"
@@ -83,7 +84,7 @@ class TrainConfig:
                 raise ConfigError(f"buckets[{i}]={bucket}: each bucket is [width, height], multiples of {m}")
         if self.num_frames < 1 or (self.num_frames - 1) % u:
             raise ConfigError(f"num_frames={self.num_frames}: must be 1 + {u}k (1, {1 + u}, {1 + 2 * u}, ...)")
-        _positive(self, "batch_size", "max_steps", "log_every", "save_every", "keep_last")
+        _positive(self, "batch_size", "max_steps", "log_every", "save_every", "keep_last", "max_nonfinite_steps")
         _positive(self, "fps", "lr")
         if self.num_workers < 0 or self.warmup_steps < 0 or self.grad_clip < 0 or self.weight_decay < 0:
             raise ConfigError("num_workers, warmup_steps, grad_clip and weight_decay must not be negative")

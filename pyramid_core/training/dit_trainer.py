@@ -45,12 +45,13 @@ from .distributed import (DistInfo, all_reduce_mean, cleanup, init_distributed, 
 from .dit_objective import (PyramidObjective, TextBatch, build_training_batch, check_training_latents,
                             flow_matching_loss)
 from .ema import EMA
+from .guard import NonFiniteGuard
 from .logs import MetricLogger
 from .lora import add_lora, export_lora
 
 log = logging.getLogger("pyramid_core.training")
 
-METRICS = ["loss", "grad_norm", "lr", "frames", "skipped", "sec_per_step"]
+METRICS = ["loss", "grad_norm", "lr", "frames", "skipped", "nonfinite", "sec_per_step"]
 DIT_CLASSES = {cls.__name__: cls for cls in (PyramidFluxTransformer, PyramidDiffusionMMDiT)}
 
 
@@ -178,17 +179,33 @@ def autocast(cfg: DiTTrainConfig, device: torch.device):
     return contextlib.nullcontext()
 
 
-def train_step(model, inputs, optimizer, scheduler, params, cfg: DiTTrainConfig, device) -> dict[str, float]:
-    """One forward/backward/update on a :class:`~.dit_objective.TrainingBatch`."""
+def train_step(model, inputs, optimizer, scheduler, params, cfg: DiTTrainConfig, device,
+               guard: NonFiniteGuard, step: int) -> dict[str, float] | None:
+    """One forward/backward/update on a :class:`~.dit_objective.TrainingBatch`.
+
+    Returns the step's metrics, or None when ``guard`` found the loss or the gradient norm
+    not finite: then neither the optimizer nor the LR scheduler moved. ``step`` is the step
+    being attempted (1-based), for the guard's log line.
+    """
     with autocast(cfg, device):
         predictions = model(**inputs.dit_kwargs())
     loss = flow_matching_loss(predictions, inputs.targets)  # fp32
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    # The norm is taken before clipping: a NaN or inf one means the gradients are unusable.
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+    if not guard.check(step, loss=loss.detach(), grad_norm=grad_norm):
+        optimizer.zero_grad(set_to_none=True)
+        return None
     optimizer.step()
     scheduler.step()
     return {"loss": loss.item(), "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0]}
+
+
+def trained_tensors(model, ema: EMA | None) -> list[torch.Tensor]:
+    """The trained parameters and their EMA: what must be finite before anything is written."""
+    params = [p for p in unwrap(model).parameters() if p.requires_grad]
+    return params + (list(ema.shadow.values()) if ema is not None else [])
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
@@ -266,32 +283,37 @@ def train_dit(cfg: DiTTrainConfig) -> dict[str, Any]:
     ema = EMA(dit, cfg.ema_decay) if cfg.ema_decay > 0 else None
     generator = torch.Generator(info.device).manual_seed(cfg.seed * 1000 + info.rank)  # noise, timesteps, dropout
     manager = CheckpointManager(out / "checkpoints", cfg.keep_last)
-    step, best_loss, null_text = 0, float("inf"), None
+    guard = NonFiniteGuard("DiT", cfg.max_nonfinite_steps, info, manager.latest)
+    step, used, best_loss, null_text = 0, 0, float("inf"), None   # used: batches drawn, skipped steps' too
     resume_path = resolve_resume(cfg.resume, manager)
     if resume_path is not None:
         state = load_training_checkpoint(resume_path)
         restore_state(state, model, optimizer, lr_sched, ema, generator)
         step, best_loss = state["step"], state["best_loss"]
+        used = state.get("data", {}).get("batches", step)
         log.info("resumed from %s at step %d", resume_path, step)
     metrics = MetricLogger(out, METRICS, info.is_main, step if resume_path else None, cfg.tensorboard)
-    batches = make_loader(dataset, cfg.batch_size, cfg.seed, info.rank, info.world_size, step, cfg.num_workers)
+    batches = make_loader(dataset, cfg.batch_size, cfg.seed, info.rank, info.world_size, used, cfg.num_workers)
     first_loss = last_loss = None
     tick = time.perf_counter()
     while step < cfg.max_steps:
         batch = next(batches)
+        used += 1
         latents = batch["latent"].to(info.device)
         latents = latents if cfg.latents_normalized else normalize_latents(latents, variant)
         text = text_batch(batch, info.device)
         null_text = null_text if null_text is not None else null_text_features(cfg, text)
         inputs = build_training_batch(latents, text, objective, scheduler, null_text=null_text,
                                       generator=generator, step=step, rank=info.rank)
-        logs = train_step(model, inputs, optimizer, lr_sched, params, cfg, info.device)
+        logs = train_step(model, inputs, optimizer, lr_sched, params, cfg, info.device, guard, step + 1)
+        if logs is None:
+            continue  # not finite: no update, no EMA, the step is tried again on the next batch
         step += 1
         if ema is not None and step % cfg.ema_every == 0:
             ema.update(dit)
         if step % cfg.log_every == 0 or step == cfg.max_steps:
             logs = all_reduce_mean(logs, info)
-            logs.update(frames=latents.shape[2], skipped=batch.get("skipped", 0),
+            logs.update(frames=latents.shape[2], skipped=batch.get("skipped", 0), nonfinite=guard.take_count(),
                         sec_per_step=(time.perf_counter() - tick) / cfg.log_every)
             metrics.log(step, logs)
             first_loss = logs["loss"] if first_loss is None else first_loss
@@ -299,9 +321,11 @@ def train_dit(cfg: DiTTrainConfig) -> dict[str, Any]:
             log.info("step %d loss %.4f grad_norm %.3f", step, logs["loss"], logs["grad_norm"])
             tick = time.perf_counter()
         if step % cfg.save_every == 0 or step == cfg.max_steps:
-            state = checkpoint_state(model, optimizer, lr_sched, ema, generator, cfg, best_loss, step)
+            guard.check_weights(step, trained_tensors(model, ema))
+            state = checkpoint_state(model, optimizer, lr_sched, ema, generator, cfg, best_loss, used)
             if info.is_main:
                 manager.save(step, state)
+    guard.check_weights(step, trained_tensors(model, ema))
     export = export_dit(model, ema, out, cfg, info)
     metrics.close()
     cleanup()

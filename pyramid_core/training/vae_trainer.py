@@ -30,13 +30,14 @@ from .distributed import (DistInfo, all_reduce_mean, all_reduce_sum, cleanup, in
                           load_model_state_dict, load_optimizer_state_dict, model_state_dict,
                           optimizer_state_dict, setup_logging, wrap_model)
 from .ema import EMA
+from .guard import NonFiniteGuard
 from .logs import MetricLogger, MetricWindow
 from .vae_losses import VAELoss, build_vae_loss
 
 log = logging.getLogger("pyramid_core.training")
 
 METRICS = ["loss", "pixel", "perceptual", "kl", "g_loss", "d_weight", "d_loss", "logits_real", "logits_fake",
-           "lr", "frames", "skipped", "sec_per_step"]
+           "lr", "frames", "skipped", "nonfinite", "sec_per_step"]
 
 
 # --------------------------------------------------------------------------------------
@@ -92,9 +93,22 @@ def autocast(cfg: VAETrainConfig, device: torch.device):
     return contextlib.nullcontext()
 
 
+def clipped_grad_norm(params, cfg: VAETrainConfig) -> torch.Tensor:
+    """The gradients' total norm before clipping (NaN or inf when they are unusable); clips
+    them to ``cfg.grad_clip`` when it is set."""
+    return torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+
+
 def train_step(model, vae: CausalVideoVAE, loss_fn: VAELoss, optimizers, schedulers, video: torch.Tensor,
-               step: int, cfg: VAETrainConfig, info: DistInfo) -> dict[str, float]:
-    """One generator update and, once the GAN is on, one discriminator update."""
+               step: int, cfg: VAETrainConfig, info: DistInfo,
+               guards: tuple[NonFiniteGuard, NonFiniteGuard]) -> dict[str, float] | None:
+    """One generator update and, once the GAN is on, one discriminator update.
+
+    Each update happens only if its guard finds the loss and gradient norm finite on every
+    rank. Returns None when the generator's update was skipped (the step does not count, and
+    the discriminator does not learn from its reconstruction); a skipped discriminator update
+    alone leaves the step counted with ``d_loss`` etc. at 0.
+    """
     opt_g, opt_d = optimizers
     disc = loss_fn.discriminator
     if disc is not None:
@@ -106,24 +120,34 @@ def train_step(model, vae: CausalVideoVAE, loss_fn: VAELoss, optimizers, schedul
         loss, logs = loss_fn.generator_loss(video, recon, posterior, step, last)
     opt_g.zero_grad(set_to_none=True)
     loss.backward()
-    if cfg.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), cfg.grad_clip)
+    grad_norm = clipped_grad_norm(vae.parameters(), cfg)
+    if not guards[0].check(step + 1, loss=loss.detach(), grad_norm=grad_norm):
+        opt_g.zero_grad(set_to_none=True)
+        return None
     opt_g.step()
     schedulers[0].step()
     logs.update(lr=schedulers[0].get_last_lr()[0], d_loss=0.0, logits_real=0.0, logits_fake=0.0)
     if loss_fn.gan_active(step):
         disc.requires_grad_(True)
-        with autocast(cfg, info.device):
-            d_loss, d_logs = loss_fn.discriminator_loss(video, recon)
+        d_loss, d_logs = loss_fn.discriminator_loss(video, recon)   # fp32 by itself (see VAELoss)
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         average_gradients(disc, info)
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(disc.parameters(), cfg.grad_clip)
-        opt_d.step()
-        schedulers[1].step()  # the discriminator warms up from disc_start
-        logs.update(d_logs)
+        d_norm = clipped_grad_norm(disc.parameters(), cfg)
+        if guards[1].check(step + 1, d_loss=d_loss.detach(), grad_norm=d_norm):
+            opt_d.step()
+            schedulers[1].step()  # the discriminator warms up from disc_start
+            logs.update(d_logs)
+        else:
+            opt_d.zero_grad(set_to_none=True)
     return logs
+
+
+def check_trained_weights(guards, step: int, vae, loss_fn: VAELoss, ema: EMA | None) -> None:
+    """Raise before anything is written if the VAE, its EMA or the discriminator holds NaN or inf."""
+    guards[0].check_weights(step, [*vae.parameters(), *(ema.shadow.values() if ema is not None else ())])
+    if loss_fn.discriminator is not None:
+        guards[1].check_weights(step, loss_fn.discriminator.parameters())
 
 
 def checkpoint_state(model, vae, loss_fn, optimizers, schedulers, ema, cfg, best_loss: float, batches: int) -> dict:
@@ -191,28 +215,35 @@ def train_vae(cfg: VAETrainConfig) -> dict[str, Any]:
     ema = EMA(vae, cfg.ema_decay) if cfg.ema_decay > 0 else None
     manager = CheckpointManager(out / "checkpoints", cfg.keep_last)
     torch.manual_seed(cfg.seed + info.rank)  # per-rank posterior noise
-    step, best_loss = 0, float("inf")
+    guards = (NonFiniteGuard("generator", cfg.max_nonfinite_steps, info, manager.latest),
+              NonFiniteGuard("discriminator", cfg.max_nonfinite_steps, info, manager.latest))
+    step, used, best_loss = 0, 0, float("inf")   # used: batches drawn, skipped steps' too
     resume_path = resolve_resume(cfg.resume, manager)
     if resume_path is not None:
         state = load_training_checkpoint(resume_path)
         restore_state(state, model, loss_fn, optimizers, schedulers, ema)
         step, best_loss = state["step"], state["best_loss"]
+        used = state.get("data", {}).get("batches", step)
         log.info("resumed from %s at step %d", resume_path, step)
     metrics = MetricLogger(out, METRICS, info.is_main, step if resume_path else None, cfg.tensorboard)
-    batches = make_loader(dataset, cfg.batch_size, cfg.seed, info.rank, info.world_size, step, cfg.num_workers)
+    batches = make_loader(dataset, cfg.batch_size, cfg.seed, info.rank, info.world_size, used, cfg.num_workers)
     first_loss = last_loss = None
     window, tick = MetricWindow(), time.perf_counter()
     while step < cfg.max_steps:
         batch = next(batches)
+        used += 1
         video = batch["pixels"].to(info.device)
-        logs = train_step(model, vae, loss_fn, optimizers, schedulers, video, step, cfg, info)
+        logs = train_step(model, vae, loss_fn, optimizers, schedulers, video, step, cfg, info, guards)
+        if logs is None:
+            continue  # not finite: no update, no EMA, the step is tried again on the next batch
         step += 1
         if ema is not None:
             ema.update(vae)
         window.add(logs, frames=video.shape[2], skipped=batch["skipped"])
         if step % cfg.log_every == 0 or step == cfg.max_steps:
             logs = all_reduce_mean(window.mean(), info)  # means over the interval and the ranks
-            logs.update(skipped=all_reduce_sum(window.skipped, info), sec_per_step=window.seconds(tick))
+            logs.update(skipped=all_reduce_sum(window.skipped, info), sec_per_step=window.seconds(tick),
+                        nonfinite=sum(g.take_count() for g in guards))   # the same on every rank
             metrics.log(step, logs)
             first_loss = logs["loss"] if first_loss is None else first_loss
             last_loss, best_loss = logs["loss"], min(best_loss, logs["loss"])
@@ -220,9 +251,11 @@ def train_vae(cfg: VAETrainConfig) -> dict[str, Any]:
                      logs["perceptual"], logs["kl"])
             window, tick = MetricWindow(), time.perf_counter()
         if step % cfg.save_every == 0 or step == cfg.max_steps:
-            state = checkpoint_state(model, vae, loss_fn, optimizers, schedulers, ema, cfg, best_loss, step)
+            check_trained_weights(guards, step, vae, loss_fn, ema)
+            state = checkpoint_state(model, vae, loss_fn, optimizers, schedulers, ema, cfg, best_loss, used)
             if info.is_main:
                 manager.save(step, state)
+    check_trained_weights(guards, step, vae, loss_fn, ema)
     export = export_vae(model, vae, ema, out / "causal_video_vae", cfg.export_ema, info)
     metrics.close()
     cleanup()

@@ -12,7 +12,9 @@ import pyramid_core.models as models
 from golden_utils import load_config, load_weights, section
 from pyramid_core.scheduling import PyramidFlowScheduler
 from pyramid_core.training.dit_objective import PyramidObjective, TextBatch, build_training_batch
+from pyramid_core.distributed import DistInfo
 from pyramid_core.training.dit_trainer import DiTTrainConfig, train_step
+from pyramid_core.training.guard import NonFiniteGuard
 from pyramid_core.training.lora import add_lora, export_lora, load_lora_into_dit, read_lora
 
 FAMILIES = ("flux", "mmdit")
@@ -47,8 +49,11 @@ def fine_tune(model, steps: int = 5, lr: float = 1e-2):
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     cfg = DiTTrainConfig(dit_config="x", grad_clip=1.0)
     model.train()
+    guard = NonFiniteGuard("DiT", 1, DistInfo())
     for step in range(steps):
-        train_step(model, random_batch(model, step), optimizer, scheduler, params, cfg, torch.device("cpu"))
+        logs = train_step(model, random_batch(model, step), optimizer, scheduler, params, cfg, torch.device("cpu"),
+                          guard, step + 1)
+        assert logs is not None
 
 
 @pytest.mark.parametrize("family", FAMILIES)

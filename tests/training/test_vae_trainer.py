@@ -77,15 +77,19 @@ def test_tiny_vae_learns_moving_shapes_and_exports_a_loadable_folder(tmp_path):
 
 
 def test_gan_bf16_and_gradient_checkpointing_paths_run(shapes, tmp_path):
+    """bf16 autocast with the GAN on: every logged value finite and no update skipped by the
+    non-finite guard (a skip would hide the NaN, not cure it). On an AMX Xeon this once went
+    NaN at the second GAN step; CI runs it on oneDNN's default and its AVX2 path."""
     cfg = config_from_dict(VAETrainConfig, tiny_config(
-        shapes, tmp_path, max_steps=4, disc_start=2, mixed_precision="bf16", gradient_checkpointing=True,
+        shapes, tmp_path, max_steps=6, disc_start=2, mixed_precision="bf16", gradient_checkpointing=True,
         disc_type="3d"))
     train_vae(cfg)
     rows = read_metrics(tmp_path / "metrics.csv")
-    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert all(r["d_loss"] == 0 for r in rows[:2]) and all(r["d_loss"] > 0 and r["d_weight"] > 0 for r in rows[2:])
-    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
-    assert [p.name for p in sorted((tmp_path / "checkpoints").iterdir())] == ["step-00000004.pt"]
+    assert all(torch.isfinite(torch.tensor(list(r.values()))).all() for r in rows), rows
+    assert all(r["nonfinite"] == 0 for r in rows)
+    assert [p.name for p in sorted((tmp_path / "checkpoints").iterdir())] == ["step-00000006.pt"]
 
 
 def _losses(out: Path) -> dict[int, float]:
