@@ -5,14 +5,21 @@
 # and not on a user's machine (an AMD CPU once generated nothing). CI runs it after the
 # README's test command (.ci/run); run it after 'bash scripts/run_tests.sh' set up .venv.
 #
-#   AVX2 kernels (what AMD Zen and older Intel CPUs get from ATen and MKL), one thread
+#   AVX2 kernels (what AMD Zen and older Intel CPUs get from ATen, MKL and oneDNN), one thread
 #   the portable kernels of ATen with MKL held to SSE4.2 (ARM and other CPUs' arithmetic order)
+#
+# oneDNN computes the bf16 convolutions of training: with AMX tiles on recent Xeons, with
+# AVX-512 or AVX2 code elsewhere. The README's test command ran them on this machine's best
+# path; the AVX2 run holds oneDNN to AVX2 too (ONEDNN_MAX_CPU_ISA), so the bf16 VAE/GAN tests
+# pass on both paths wherever CI lands (on an AMX Xeon they once gave NaN on one path only).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 NUMERIC=(tests/models tests/test_noise.py tests/test_rng.py tests/test_scheduling.py tests/test_latents.py
          tests/sampling tests/training/test_dit_objective.py tests/training/test_dit_objective_golden.py
-         tests/training/test_vae_trainer.py::test_tiny_vae_learns_moving_shapes_and_exports_a_loadable_folder)
+         tests/training/test_vae_trainer.py::test_tiny_vae_learns_moving_shapes_and_exports_a_loadable_folder
+         tests/training/test_vae_trainer.py::test_gan_bf16_and_gradient_checkpointing_paths_run
+         tests/training/test_vae_losses.py)
 # Each run compiles (tests/models/test_compile.py) into its own inductor cache: torch reuses
 # cached kernels across ATEN_CPU_CAPABILITY settings, so code vectorised for AVX2 met the
 # portable run's headers and failed to build ("'at::vec' has not been declared").
@@ -24,5 +31,5 @@ run() {
   cache=$(mktemp -d "$CACHES/inductor.XXXX")
   env TORCHINDUCTOR_CACHE_DIR="$cache" "$@" .venv/bin/python -m pytest "${NUMERIC[@]}" -q -p no:cacheprovider
 }
-run ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+run ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 run ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=SSE4_2
