@@ -18,6 +18,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from ..noise import block_noise as draw_block_noise
+from ..numerics import check_finite
 from ..scheduling import PyramidFlowScheduler, stage_transition
 from .guidance import TextConditioning, apply_guidance, guidance_enabled
 from .history import TemporalHistory
@@ -113,7 +114,9 @@ def denoise_stage(
         callback: called after every step with a :class:`StepInfo`; raise in it to stop.
 
     Returns:
-        ``(B, C, T, H, W)`` fp32 latents at the stage's end noise level.
+        ``(B, C, T, H, W)`` fp32 latents at the stage's end noise level. Raises
+        :class:`pyramid_core.numerics.NonFiniteOutputError` at the first step whose prediction
+        holds NaN or inf (an fp16 overflow), naming the dtype to use instead.
     """
     if latents.ndim != 5:
         raise ValueError(f"latents must be (B, C, T, H, W), got shape {tuple(latents.shape)}")
@@ -130,6 +133,8 @@ def denoise_stage(
         with torch.no_grad():
             prediction = dit(sample=[clips + [model_input]], timestep_ratio=timestep, **text_inputs)[0]
         velocity = apply_guidance(prediction, guidance_scale)                    # (B, C, T, H, W) fp32
+        # one host sync per step: an fp16 overflow stops here, not as a black video at the end
+        check_finite(velocity, "the DiT", dtype, f"pyramid stage {stage_index + 1}, step {index + 1}")
         latents = scheduler.step(velocity, timestep, latents)
         if callback is not None:
             callback(StepInfo(step=index + 1, total_steps=num_steps, latents=latents, stage_index=stage_index,

@@ -17,6 +17,7 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
+from ...numerics import NonFiniteOutputError, check_finite
 from .causal_conv3d import CausalCache, CausalConv3d
 from .chunking import run_chunked, temporal_chunks
 from .decoder import CausalVaeDecoder
@@ -208,19 +209,26 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
                 multiple of 8) when the frame is larger; None disables tiling.
             progress: see :data:`ProgressFn`; pieces are tiles x temporal chunks.
         Returns:
-            (B, 3, 1 + 8k, 8h, 8w).
+            (B, 3, 1 + 8k, 8h, 8w). Raises :class:`pyramid_core.numerics.NonFiniteOutputError`
+            if they hold NaN or inf (an fp16 overflow, or NaN latents).
         """
         if latents.ndim != 5 or latents.shape[1] != self.latent_channels:
             raise ValueError(f"decode expects latents (B, {self.latent_channels}, T, h, w), got {tuple(latents.shape)}")
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"decode chunk_size must be at least 1 latent frame, got {chunk_size}")
+        if not bool(torch.isfinite(latents).all()):
+            raise NonFiniteOutputError("the latents to decode hold NaN or inf values: whatever made them (a sampler "
+                                       "in fp16, or another node) went wrong before the VAE, so nothing was decoded")
         latents = latents.to(self.dtype)
         plan = self._tile_plan(tile_size, latents.shape[-2:], 1)
         tick = _ticker(progress, self._pieces(plan, latents.shape, 1, chunk_size))
         decode_tile = lambda tile: self._run_pieces(self._decode_pass, tile, chunk_size, tick)  # noqa: E731
         if plan is not None:
-            return run_tiled(decode_tile, latents, plan, in_scale=1, out_scale=self.spatial_factor)
-        return decode_tile(latents)
+            pixels = run_tiled(decode_tile, latents, plan, in_scale=1, out_scale=self.spatial_factor)
+        else:
+            pixels = decode_tile(latents)
+        check_finite(pixels, "the VAE", self.dtype, "decode")   # NaN pixels would be written as black
+        return pixels
 
     def _decode_pass(self, latents: torch.Tensor, cache: CausalCache | None) -> torch.Tensor:
         return self.decoder(self.post_quant_conv(latents, cache), cache)
