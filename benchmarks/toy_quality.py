@@ -13,9 +13,10 @@ pipelines and runs the checks of pyramid_core/toy/checks.py:
 the last two from as many scenes (``checks.scene_for``) as text-to-video makes videos.
 
 One JSON line per setting: the success rate of each check, the number of videos behind it, and
-the mean seconds per video (sampling and decoding, this machine, fp32 on the CPU).
+the mean seconds per video (sampling and decoding, this machine, on the CPU; fp32 unless --dtypes
+names others, one set of rows per DiT dtype).
 
-    python benchmarks/toy_quality.py [--model DIR] [--seeds 5] [--steps 1,2,4,10]
+    python benchmarks/toy_quality.py [--model DIR] [--seeds 5] [--steps 1,2,4,10] [--dtypes fp32,fp16]
 """
 
 from __future__ import annotations
@@ -72,10 +73,21 @@ def main() -> int:
                         help="a model folder written by scripts/train_toy_model.py (its --out; default: the committed one)")
     parser.add_argument("--seeds", type=int, default=5, help="seeds per prompt / images / clips")
     parser.add_argument("--steps", default="1,2,4,10", help="steps per stage to compare")
+    parser.add_argument("--dtypes", default="fp32",
+                        help="DiT dtypes to compare, e.g. fp32,fp16 (fp16 runs on the CPU, slowly; the VAE stays in "
+                             "--vae-dtype)")
+    parser.add_argument("--vae-dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
+    parser.add_argument("--no-history-variants", action="store_true", help="only the step counts of --steps")
     args = parser.parse_args()
-    model = ToyModel(args.model)
-    for label, settings in settings_grid([int(s) for s in args.steps.split(",")]):
-        print(json.dumps({"benchmark": "toy_quality", **label, **measure(model, settings, args.seeds)}), flush=True)
+    grid = settings_grid([int(s) for s in args.steps.split(",")])
+    if args.no_history_variants:
+        grid = [(label, settings) for label, settings in grid if label["recent_units"] == 1
+                and label["history_frames"] is None]
+    for dtype in args.dtypes.split(","):
+        model = ToyModel(args.model, dtype=dtype, vae_dtype=args.vae_dtype)
+        for label, settings in grid:
+            print(json.dumps({"benchmark": "toy_quality", "dtype": dtype, "vae_dtype": args.vae_dtype, **label,
+                              **measure(model, settings, args.seeds)}), flush=True)
     return 0
 
 

@@ -46,9 +46,11 @@ class ToySettings:
 
 
 class ToyModel:
-    """The toy model's DiT, VAE and text encoders, loaded once (fp32 on the CPU by default)."""
+    """The toy model's DiT, VAE and text encoders, loaded once (fp32 on the CPU by default;
+    ``vae_dtype`` defaults to ``dtype``)."""
 
-    def __init__(self, folder: str | Path, device: str = "cpu", dtype: str = "fp32") -> None:
+    def __init__(self, folder: str | Path, device: str = "cpu", dtype: str = "fp32",
+                 vae_dtype: str | None = None) -> None:
         from ..loading import load_dit, load_vae, model_kind, resolve_dtype
         from ..models.text_encoders import PyramidTextEncoder
         from ..variants import choose_variant
@@ -56,7 +58,7 @@ class ToyModel:
         folder = Path(folder)
         self.dit = load_dit(folder / DIT_FOLDER, dtype=dtype, device=device)
         self.variant, _ = choose_variant(model_kind(self.dit), DIT_FOLDER)
-        self.vae = load_vae(folder / "causal_video_vae", dtype=dtype, device=device)
+        self.vae = load_vae(folder / "causal_video_vae", dtype=vae_dtype or dtype, device=device)
         self.text = TextCache(PyramidTextEncoder.from_pretrained(folder, dtype=resolve_dtype(dtype), device=device))
         self.device = torch.device(device)
 
