@@ -31,12 +31,7 @@ from test_dit_training import tiny_config as tiny_dit_config  # noqa: E402
 VAE_CONFIG = Path(__file__).resolve().parents[1] / "data" / "golden" / "config_vae_tiny.json"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/training/conftest.py
 
 
 class Spy:

@@ -25,13 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 VAE_CONFIG = REPO / "tests" / "data" / "golden" / "config_vae_tiny.json"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions run faster, and reproducibly, on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/training/conftest.py
 
 
 @pytest.fixture(scope="module")
