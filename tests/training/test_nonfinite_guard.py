@@ -160,6 +160,33 @@ def test_vae_run_goes_on_after_one_skipped_update(tmp_path, monkeypatch):
     assert all(torch.isfinite(torch.tensor(list(r.values()))).all() for r in rows)
 
 
+def test_a_nonfinite_discriminator_update_is_skipped_alone(tmp_path, monkeypatch):
+    """The discriminator has a guard of its own: its NaN gradient at the second GAN step skips
+    only its update (that row's d_loss stays 0); the generator's step counts."""
+    calls = {"n": 0}
+    build = vae_trainer.build_vae_loss
+
+    def build_and_hook(cfg):
+        loss_fn = build(cfg)
+        first = next(loss_fn.discriminator.parameters())
+
+        def hook(grad):
+            calls["n"] += 1
+            return grad * float("nan") if calls["n"] == 2 else grad
+
+        first.register_hook(hook)
+        return loss_fn
+
+    monkeypatch.setattr(vae_trainer, "build_vae_loss", build_and_hook)
+    cfg = _vae_config(tmp_path, max_steps=4, disc_start=1)
+    vae_trainer.train_vae(cfg)
+    rows = read_metrics(Path(cfg.output_dir) / "metrics.csv")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and calls["n"] == 3
+    assert [r["nonfinite"] for r in rows] == [0, 0, 1, 0]
+    assert rows[2]["d_loss"] == 0 and rows[1]["d_loss"] > 0 and rows[3]["d_loss"] > 0
+    assert all(torch.isfinite(torch.tensor(list(r.values()))).all() for r in rows)
+
+
 @pytest.mark.parametrize("trainer", ["dit", "vae"])
 def test_weights_that_are_not_finite_are_never_written(tmp_path, monkeypatch, trainer):
     """Finite gradients, but the weights go to inf at attempt 3: the checkpoint of step 3 is
