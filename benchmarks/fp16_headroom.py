@@ -134,7 +134,6 @@ def main() -> int:
     parser.add_argument("--blocks", type=int, default=2, help="double and single DiT blocks each")
     parser.add_argument("--vae-size", default="2x8x8", help="latent frames x height x width to decode")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     print(json.dumps(dit_row(args.blocks)), flush=True)
     print(json.dumps(vae_row(args.vae_size)), flush=True)
     return 0

@@ -45,7 +45,7 @@ from .distributed import (DistInfo, all_reduce_mean, cleanup, init_distributed, 
 from .dit_objective import (PyramidObjective, TextBatch, build_training_batch, check_training_latents,
                             flow_matching_loss)
 from .ema import EMA
-from .guard import NonFiniteGuard
+from .guard import NonFiniteGuard, clipped_grad_norm
 from .logs import MetricLogger
 from .lora import add_lora, export_lora
 
@@ -192,8 +192,7 @@ def train_step(model, inputs, optimizer, scheduler, params, cfg: DiTTrainConfig,
     loss = flow_matching_loss(predictions, inputs.targets)  # fp32
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    # The norm is taken before clipping: a NaN or inf one means the gradients are unusable.
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+    grad_norm = clipped_grad_norm(params, cfg.grad_clip)
     if not guard.check(step, loss=loss.detach(), grad_norm=grad_norm):
         optimizer.zero_grad(set_to_none=True)
         return None

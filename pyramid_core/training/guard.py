@@ -29,6 +29,12 @@ from ..distributed import DistInfo
 log = logging.getLogger("pyramid_core.training")
 
 
+def clipped_grad_norm(params, grad_clip: float) -> torch.Tensor:
+    """The gradients' total norm before clipping (NaN or inf when they are unusable: what the
+    guard checks); clips them to ``grad_clip`` when it is above 0."""
+    return torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+
+
 class NonFiniteError(RuntimeError):
     """A run stopped because its updates or weights are no longer finite."""
 

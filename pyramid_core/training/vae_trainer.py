@@ -30,7 +30,7 @@ from .distributed import (DistInfo, all_reduce_mean, all_reduce_sum, cleanup, in
                           load_model_state_dict, load_optimizer_state_dict, model_state_dict,
                           optimizer_state_dict, setup_logging, wrap_model)
 from .ema import EMA
-from .guard import NonFiniteGuard
+from .guard import NonFiniteGuard, clipped_grad_norm
 from .logs import MetricLogger, MetricWindow
 from .vae_losses import VAELoss, build_vae_loss
 
@@ -93,12 +93,6 @@ def autocast(cfg: VAETrainConfig, device: torch.device):
     return contextlib.nullcontext()
 
 
-def clipped_grad_norm(params, cfg: VAETrainConfig) -> torch.Tensor:
-    """The gradients' total norm before clipping (NaN or inf when they are unusable); clips
-    them to ``cfg.grad_clip`` when it is set."""
-    return torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-
-
 def train_step(model, vae: CausalVideoVAE, loss_fn: VAELoss, optimizers, schedulers, video: torch.Tensor,
                step: int, cfg: VAETrainConfig, info: DistInfo,
                guards: tuple[NonFiniteGuard, NonFiniteGuard]) -> dict[str, float] | None:
@@ -120,7 +114,7 @@ def train_step(model, vae: CausalVideoVAE, loss_fn: VAELoss, optimizers, schedul
         loss, logs = loss_fn.generator_loss(video, recon, posterior, step, last)
     opt_g.zero_grad(set_to_none=True)
     loss.backward()
-    grad_norm = clipped_grad_norm(vae.parameters(), cfg)
+    grad_norm = clipped_grad_norm(vae.parameters(), cfg.grad_clip)
     if not guards[0].check(step + 1, loss=loss.detach(), grad_norm=grad_norm):
         opt_g.zero_grad(set_to_none=True)
         return None
@@ -133,7 +127,7 @@ def train_step(model, vae: CausalVideoVAE, loss_fn: VAELoss, optimizers, schedul
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         average_gradients(disc, info)
-        d_norm = clipped_grad_norm(disc.parameters(), cfg)
+        d_norm = clipped_grad_norm(disc.parameters(), cfg.grad_clip)
         if guards[1].check(step + 1, d_loss=d_loss.detach(), grad_norm=d_norm):
             opt_d.step()
             schedulers[1].step()  # the discriminator warms up from disc_start

@@ -21,7 +21,6 @@ class DiagonalGaussian:
         self.mean, logvar = moments.chunk(2, dim=1)                 # (B, C, T, H, W) each
         self.logvar = logvar.clamp(-30.0, 20.0)
         self.std = torch.exp(0.5 * self.logvar)
-        self.var = torch.exp(self.logvar)
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """mean + std * eps, ``eps`` from ``generator`` (portable) or the global RNG (fast)."""
