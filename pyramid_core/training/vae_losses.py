@@ -93,8 +93,9 @@ class _LinHead(nn.Module):
 def _unit_channels(features: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) features divided by their norm over C, in fp32.
 
-    ``vector_norm``'s gradient is 0 where the norm is 0 (an all-zero ReLU column), where
-    ``sqrt(sum(f^2))`` would give inf * 0 = NaN.
+    ``vector_norm``'s gradient is 0 where the norm is 0 (an all-zero feature column), where
+    ``sqrt(sum(f^2))`` gives inf * 0 = NaN; a ReLU in front masks that NaN again, a feature
+    net that ends without one (or whose tiny values underflow) does not.
     """
     features = features.float()
     return features / (torch.linalg.vector_norm(features, dim=1, keepdim=True) + 1e-10)
@@ -132,8 +133,8 @@ class PerceptualLoss(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         # The feature net runs in the caller's precision (under bf16 autocast: bf16, where the
         # cost is); the distance does not. In bf16 two unit feature vectors agree to ~3 digits,
-        # so |a - b|^2 of a good reconstruction is rounding noise, and the norm's gradient
-        # (sqrt at 0 is infinite) turns into NaN wherever a feature column is 0.
+        # so |a - b|^2 of a good reconstruction is rounding noise; and the norm's gradient
+        # must stay finite where a feature column is 0 (see _unit_channels).
         fx = self.net((x - self.shift) / self.scale)
         fy = self.net((y - self.shift) / self.scale)
         total = 0.0
