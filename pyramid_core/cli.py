@@ -38,7 +38,7 @@ from typing import Optional, Sequence
 import torch
 
 from .compile import COMPILE_MODES, check_compile_available
-from .distributed import DistInfo, cleanup, init_distributed, launch_rank, launch_world_size
+from .distributed import DistInfo, cleanup, init_distributed, launch_world_size, report_launch_error
 from .generation import sampling_options, trim_to_vae_length
 from .parallel import PARALLEL_MODES, ParallelGroups, make_groups, plan_parallel
 from .sampling import encode_text
@@ -461,8 +461,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 1 if generate_batch(args)["failed"] else 0
         path = generate(args)
     except (ValueError, FileNotFoundError, MemoryError) as err:
-        if launch_rank() == 0:              # under torchrun every rank finds the same problem: say it once
-            print(f"error: {err}", file=sys.stderr)
+        report_launch_error(f"error: {err}")
         return 2
     if path is not None:
         print(path)

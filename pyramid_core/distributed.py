@@ -9,6 +9,7 @@ no-ops. The backend is NCCL on CUDA and gloo on the CPU.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass
 
@@ -25,6 +26,28 @@ def launch_world_size() -> int:
 def launch_rank() -> int:
     """This process's rank in the launch, from torchrun's environment (0 without torchrun)."""
     return int(os.environ.get("RANK", "0"))
+
+
+# How long a rank other than 0 waits, after a user error, for rank 0 to end the launch.
+LAUNCH_ERROR_GRACE_S = 60.0
+
+
+def report_launch_error(message: str, grace_s: float = LAUNCH_ERROR_GRACE_S) -> None:
+    """Print a user-facing error once per torchrun launch, on stderr.
+
+    Every rank checks the same arguments and files, so every rank usually meets the same
+    problem. Rank 0 prints it at once. The other ranks wait up to ``grace_s`` seconds before
+    printing and returning: torchrun stops the whole launch as soon as one rank exits with an
+    error, so a rank that returned first could have rank 0 stopped before it said anything
+    (seen on CI: the launch failed with no message at all). A problem only this rank met
+    (a file missing on one node) is still reported, with the rank, once the wait is over.
+    Without torchrun it prints at once.
+    """
+    rank = launch_rank()
+    if rank != 0 and launch_world_size() > 1:
+        time.sleep(grace_s)                # normally ended here by torchrun's SIGTERM
+        message = f"[rank {rank}] {message}"
+    print(message, file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)

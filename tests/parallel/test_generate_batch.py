@@ -209,3 +209,20 @@ def test_under_torchrun_a_bad_file_is_reported_once(setup, tmp_path):
     done = torchrun(2, *batch_args(tmp_path, options, tmp_path / "o", jobs="dup.jsonl"), timeout=200)
     assert done.returncode != 0
     assert done.stderr.count('line 2: duplicate id "a"') == 1, done.stderr[-2000:]
+
+
+def test_a_launch_error_is_said_by_rank_0_and_by_another_rank_only_after_its_wait(monkeypatch, capsys):
+    """Rank 0 says a user error at once; another rank waits for torchrun to end the launch (so it
+    cannot have rank 0 stopped before it printed) and says it only when nothing ended it."""
+    from pyramid_core import distributed
+
+    waits = []
+    monkeypatch.setattr(distributed.time, "sleep", waits.append)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    distributed.report_launch_error("error: bad")
+    assert capsys.readouterr().err == "error: bad\n" and waits == []
+    monkeypatch.setenv("RANK", "1")
+    distributed.report_launch_error("error: only here")
+    assert capsys.readouterr().err == "[rank 1] error: only here\n"
+    assert waits == [distributed.LAUNCH_ERROR_GRACE_S]
