@@ -27,6 +27,10 @@ from .tiling import TilePlan, run_tiled
 
 _BLOCK_TYPES = {"encoder": "DownEncoderBlockCausal3D", "decoder": "UpDecoderBlockCausal3D"}
 
+# ``tile_size=AUTO``: the largest tiles that fit the device's free memory (whole frames when they
+# do), smaller ones after an out-of-memory error (``budget.py``).
+AUTO = "auto"
+
 # Called with (pieces done, pieces in all) after every temporal chunk of every tile; an
 # exception raised in it (e.g. the user pressed Cancel) stops the work within one piece.
 ProgressFn = Callable[[int, int], None]
@@ -139,7 +143,7 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
     # ------------------------------------------------------------------ encode
 
     def encode(
-        self, video: torch.Tensor, chunk_size: int | None = None, tile_size: int | None = None,
+        self, video: torch.Tensor, chunk_size: int | None = None, tile_size: int | str | None = None,
         progress: ProgressFn | None = None,
     ) -> DiagonalGaussian:
         """Posterior over latents for pixels in [-1, 1].
@@ -150,8 +154,9 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
                 8) after a first chunk of ``1 + chunk_size``; None encodes all frames at once.
                 Chunked and unchunked results agree to float rounding.
             tile_size: encode in overlapping square tiles of this many pixels (a multiple
-                of 8) when the frame is larger; None disables tiling. Tiles are blended, so
-                the result differs a little from untiled encoding.
+                of 8) when the frame is larger; None disables tiling; ``"auto"`` picks them
+                from the free memory (:data:`AUTO`). Tiles are blended, so the result
+                differs a little from untiled encoding.
             progress: see :data:`ProgressFn`; pieces are tiles x temporal chunks.
         Returns:
             DiagonalGaussian with mean/logvar/std of shape (B, 16, 1 + k, H/8, W/8).
@@ -163,6 +168,10 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
         self._check_pixel_size(*video.shape[2:])
         if chunk_size is not None and (chunk_size < 1 or chunk_size % self.temporal_factor):
             raise ValueError(f"encode chunk_size must be a positive multiple of {self.temporal_factor} frames, got {chunk_size}")
+        if tile_size == AUTO:
+            from .budget import encode_fitting
+
+            return encode_fitting(self, video, chunk_size, progress=progress)
         video = video.to(self.dtype)
         if video.device.type == "cpu" and not torch.is_grad_enabled():
             video = self._channels_last_encoder(video)
@@ -195,7 +204,7 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
     # ------------------------------------------------------------------ decode
 
     def decode(
-        self, latents: torch.Tensor, chunk_size: int | None = None, tile_size: int | None = None,
+        self, latents: torch.Tensor, chunk_size: int | None = None, tile_size: int | str | None = None,
         progress: ProgressFn | None = None,
     ) -> torch.Tensor:
         """Pixels in about [-1, 1] from (un-normalised) latents; never modifies ``latents``.
@@ -206,7 +215,8 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
                 chunk of ``1 + chunk_size`` (the reference pipeline uses 1 to save memory,
                 else 2); None decodes all frames at once. Results agree to float rounding.
             tile_size: decode in overlapping square tiles of this many output pixels (a
-                multiple of 8) when the frame is larger; None disables tiling.
+                multiple of 8) when the frame is larger; None disables tiling; ``"auto"``
+                picks them from the free memory (:data:`AUTO`).
             progress: see :data:`ProgressFn`; pieces are tiles x temporal chunks.
         Returns:
             (B, 3, 1 + 8k, 8h, 8w). Raises :class:`pyramid_core.numerics.NonFiniteOutputError`
@@ -219,6 +229,10 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
         if not bool(torch.isfinite(latents).all()):
             raise NonFiniteOutputError("the latents to decode hold NaN or inf values: whatever made them (a sampler "
                                        "in fp16, or another node) went wrong before the VAE, so nothing was decoded")
+        if tile_size == AUTO:
+            from .budget import decode_fitting
+
+            return decode_fitting(self, latents, chunk_size, progress=progress)
         latents = latents.to(self.dtype)
         plan = self._tile_plan(tile_size, latents.shape[-2:], 1)
         tick = _ticker(progress, self._pieces(plan, latents.shape, 1, chunk_size))
