@@ -97,9 +97,12 @@ def _unload(patcher) -> None:
 
 
 @contextmanager
-def model_on_device(handle: ModelHandle):
-    """Load the handle's weights (with its patches) on its device; yields the bare module."""
-    comfy.model_management.load_models_gpu([handle.patcher], force_full_load=True)
+def model_on_device(handle: ModelHandle, memory_required: int = 0):
+    """Load the handle's weights (with its patches) on its device; yields the bare module.
+
+    ``memory_required``: bytes the work needs beside the weights; ComfyUI unloads other
+    models until that much is free (or nothing more can go)."""
+    comfy.model_management.load_models_gpu([handle.patcher], memory_required=memory_required, force_full_load=True)
     try:
         yield handle.patcher.model.diffusion_model
     finally:

@@ -12,6 +12,8 @@ import torch
 import comfy.model_management
 from comfy_api.latest import io
 
+from ..pyramid_core.models.vae.budget import decode_memory_required, encode_memory_required
+from ..pyramid_core.models.vae.model import AUTO
 from ..pyramid_core.sampling import image_to_pixels
 from ..pyramid_core.sizes import latent_frames
 from ..pyramid_core.variants import VAE_SPATIAL_FACTOR
@@ -47,7 +49,9 @@ class PyramidFlowVAEEncode(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
                              tooltip="Seed of the posterior sample; unused with the mean."),
                 io.Int.Input("tile_size", default=0, min=0, max=4096, step=64,
-                             tooltip="Encode in overlapping tiles of this many pixels to save memory; 0 = whole frames."),
+                             tooltip="0 = auto: whole frames when they fit the free memory, else the largest tiles "
+                                     "that do (smaller ones after an out-of-memory error). Or encode in overlapping "
+                                     "tiles of this many pixels; a size above the frame's encodes whole frames."),
                 io.Int.Input("chunk_size", default=8, min=0, max=1024, step=8, optional=True,
                              tooltip="Encode the clip this many frames at a time (a multiple of 8) after its first "
                                      "9, to save memory and to stop soon on Cancel; 0 = all frames at once. "
@@ -63,10 +67,12 @@ class PyramidFlowVAEEncode(io.ComfyNode):
         if chunk_size % 8:
             raise ValueError(f"chunk_size={chunk_size}: use a multiple of 8 frames (or 0 for all at once)")
         pixels = image_to_pixels(images).transpose(0, 1)[None]                   # (1, 3, F, H, W) in [-1, 1]
-        with model_on_device(vae) as model:
+        module, tiles = vae.patcher.model.diffusion_model, tile_size or AUTO
+        needed = encode_memory_required(module, pixels.shape, chunk_size or None, execution_device(vae))
+        with model_on_device(vae, memory_required=needed if tiles == AUTO else 0) as model:
             dtype = next(model.parameters()).dtype
             posterior = model.encode(pixels.to(execution_device(vae), dtype), chunk_size=chunk_size or None,
-                                     tile_size=tile_size or None, progress=piece_callback())
+                                     tile_size=tiles, progress=piece_callback())
             generator = torch.Generator("cpu").manual_seed(seed)
             latents = posterior.sample(generator) if sample_posterior else posterior.mode()
         samples = latents.to(comfy.model_management.intermediate_device(), torch.float32)
@@ -88,8 +94,10 @@ class PyramidFlowVAEDecode(io.ComfyNode):
                              tooltip="Latent frames decoded at a time (each is 8 video frames); 1 uses the least "
                                      "memory, as the reference; 0 decodes all frames at once."),
                 io.Int.Input("tile_size", default=0, min=0, max=4096, step=64,
-                             tooltip="Decode in overlapping tiles of this many pixels (e.g. 512) to save memory at "
-                                     "768p; 0 = whole frames."),
+                             tooltip="0 = auto: whole frames when they fit the free memory, else the largest tiles "
+                                     "that do (smaller ones after an out-of-memory error). Or decode in overlapping "
+                                     "tiles of this many pixels (e.g. 512); a size above the frame's decodes whole "
+                                     "frames."),
             ],
             outputs=[io.Image.Output()],
         )
@@ -100,9 +108,14 @@ class PyramidFlowVAEDecode(io.ComfyNode):
         if latents.ndim != 5:
             raise ValueError(f"expected video latents (B, 16, T, h, w), got shape {tuple(latents.shape)}: "
                              "is this LATENT from a Pyramid Flow node?")
-        with model_on_device(vae) as model:
+        module, tiles = vae.patcher.model.diffusion_model, tile_size or AUTO
+        # Ask ComfyUI to free what whole frames need; auto then tiles to what is free.
+        needed = decode_memory_required(module, latents.shape, chunk_size or None, execution_device(vae))
+        with model_on_device(vae, memory_required=needed if tiles == AUTO else 0) as model:
             dtype = next(model.parameters()).dtype
             pixels = model.decode(latents.to(execution_device(vae), dtype), chunk_size=chunk_size or None,
-                                  tile_size=tile_size or None, progress=piece_callback())  # (B, 3, F, H, W)
+                                  tile_size=tiles, progress=piece_callback())  # (B, 3, F, H, W)
+        # To the intermediate device first: no fp32 copies of the whole video on the GPU.
+        pixels = pixels.to(comfy.model_management.intermediate_device())
         frames = ((pixels.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 4, 1).flatten(0, 1)  # (B*F, H, W, 3)
-        return io.NodeOutput(frames.to(comfy.model_management.intermediate_device()))
+        return io.NodeOutput(frames)

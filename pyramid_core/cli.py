@@ -38,6 +38,7 @@ from typing import Optional, Sequence
 import torch
 
 from .compile import COMPILE_MODES, check_compile_available
+from .models.vae.budget import parse_tile_size
 from .distributed import DistInfo, cleanup, init_distributed, launch_world_size, report_launch_error
 from .generation import sampling_options, trim_to_vae_length
 from .parallel import PARALLEL_MODES, ParallelGroups, make_groups, plan_parallel
@@ -64,6 +65,13 @@ def _per_stage(text: str) -> list[int] | int:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer or a comma list such as 20,20,20, got {text!r}") from None
     return numbers[0] if len(numbers) == 1 else numbers
+
+
+def _tile_size(text: str) -> int | str | None:
+    try:
+        return parse_tile_size(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _per_stage_float(text: str) -> list[float] | float:
@@ -396,7 +404,10 @@ def _add_generation_options(parser: argparse.ArgumentParser, batch: bool) -> Non
     sampling.add_argument("--seed", type=int, default=0)
     sampling.add_argument("--history-frames", type=int, help="keep at most this many past latent frames")
     sampling.add_argument("--recent-units", type=int, default=1, help="recent units at full stage resolution")
-    sampling.add_argument("--vae-tile", type=int, help="decode in tiles of this many pixels (saves memory)")
+    sampling.add_argument("--vae-tile", type=_tile_size, default="auto",
+                          help="VAE tiles: auto (the default: whole frames when they fit the free memory, "
+                               "else the largest tiles that do, smaller ones after an out-of-memory error), "
+                               "0 (whole frames) or pixels (e.g. 512)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -119,7 +119,8 @@ def _context_latents(args, models: Models, generator: torch.Generator, groups: P
         raise ValueError(f"the {what} is {pixels.shape[-1]}x{pixels.shape[-2]} px but the video was asked to be "
                          f"{args.width}x{args.height}; resize the {what} or leave width/height out")
     check_video_size(pixels.shape[-1], pixels.shape[-2])
-    latents = encode_frames(models.vae, pixels, models.variant, generator=generator, sample=sample)
+    latents = encode_frames(models.vae, pixels, models.variant, generator=generator, sample=sample,
+                            tile_size=args.vae_tile)
     return broadcast_from_leader(latents, groups)
 
 
@@ -146,7 +147,7 @@ def sample_latents(args, models: Models, num_frames: int, text: TextConditioning
 def decode_frames(args, models: Models, latents: torch.Tensor) -> torch.Tensor:
     """Latents -> ``(T, H, W, 3)`` uint8 frames."""
     pixels = decode_from_latents(models.vae, latents, models.variant, chunk_size=1, tile_size=args.vae_tile)
-    return frames_to_uint8(pixels)[0]
+    return frames_to_uint8(pixels.cpu())[0]          # converted on the host: no fp32 video on the GPU
 
 
 def write_frames(path: str | Path, frames: torch.Tensor, fps: int) -> Path:

@@ -57,7 +57,7 @@ def encode_to_latents(
     generator: torch.Generator | None = None,
     sample: bool = True,
     chunk_size: int | None = None,
-    tile_size: int | None = None,
+    tile_size: int | str | None = "auto",
 ) -> torch.Tensor:
     """Pixels (B, 3, 1 + 8k, H, W) in [-1, 1] -> normalised latents (B, 16, 1 + k, H/8, W/8).
 
@@ -75,13 +75,14 @@ def decode_from_latents(
     latents: torch.Tensor,
     variant: Variant | str,
     chunk_size: int | None = 1,
-    tile_size: int | None = None,
+    tile_size: int | str | None = "auto",
     progress=None,
 ) -> torch.Tensor:
     """Normalised latents (B, 16, 1 + k, h, w) -> pixels (B, 3, 1 + 8k, 8h, 8w) in about [-1, 1].
 
-    Defaults decode one latent frame per chunk (the reference's memory-saving setting);
-    ``tile_size`` (pixels, a multiple of 8) turns spatial tiling on; ``progress`` is
+    Defaults decode one latent frame per chunk (the reference's memory-saving setting) in
+    whole frames when they fit the free memory, else in tiles that do (``tile_size="auto"``);
+    ``tile_size`` in pixels (a multiple of 8) or None (whole frames) chooses; ``progress`` is
     ``CausalVideoVAE.decode``'s. ``latents`` is left unchanged.
     """
     with torch.no_grad():

@@ -48,6 +48,12 @@ def _number(value: Any) -> float:
     return float(value)
 
 
+def _tile(value: Any) -> int | str | None:
+    from ..models.vae.budget import parse_tile_size
+
+    return parse_tile_size(value)
+
+
 def _per_stage(kind: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """One value for all stages, a list (one per stage), or the command line's "20,20,20"."""
 
@@ -78,7 +84,7 @@ JOB_FIELDS: dict[str, Callable[[Any], Any]] = {
     "seconds": _number, "frames": _integer, "width": _integer, "height": _integer, "fps": _integer,
     "steps": _per_stage(_integer), "video_steps": _per_stage(_integer),
     "guidance": _per_stage(_number), "video_guidance": _per_stage(_number),
-    "history_frames": _integer, "recent_units": _integer, "vae_tile": _integer,
+    "history_frames": _integer, "recent_units": _integer, "vae_tile": _tile,
     "image": _path, "video": _path,
 }
 # Options that hold for the whole run (one set of models per process): command line only.

@@ -159,3 +159,15 @@ def test_module_entry_point(monkeypatch, capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "t2v" in out and "--history-frames" in out
+
+
+def test_vae_tiles_are_auto_by_default_and_a_bad_size_says_what_to_give(tmp_path, capsys):
+    from pyramid_core.cli import build_parser
+
+    base = ["generate", "t2v", "--model-dir", str(tmp_path), "--prompt", "x"]
+    assert build_parser().parse_args(base).vae_tile == "auto"
+    assert build_parser().parse_args([*base, "--vae-tile", "0"]).vae_tile is None
+    assert build_parser().parse_args([*base, "--vae-tile", "512"]).vae_tile == 512
+    with pytest.raises(SystemExit):
+        main([*base, "--vae-tile", "500"])
+    assert "tile size 500: give auto, 0 (whole frames) or a positive multiple of 8 px" in capsys.readouterr().err
