@@ -369,6 +369,9 @@ def _add_generation_options(parser: argparse.ArgumentParser, batch: bool) -> Non
     models.add_argument("--variant", choices=sorted(VARIANTS), help="default: detected from the DiT")
     models.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
     models.add_argument("--vae-dtype", choices=("bf16", "fp16", "fp32"), help="default: --dtype")
+    models.add_argument("--weight-dtype", choices=("fp8_e4m3fn",),
+                        help="store the DiT's linear weights in fp8 (half the memory; fp8 matmuls on GPUs "
+                             "from Ada/Hopper on, computed in --dtype elsewhere)")
     models.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="under torchrun, cuda means cuda:LOCAL_RANK")
     models.add_argument("--compile", default="off", choices=("off", *COMPILE_MODES),

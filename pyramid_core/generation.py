@@ -49,7 +49,7 @@ def load_models(args, paths: tuple[Path, Path, Path], groups: ParallelGroups) ->
     from .models.text_encoders import PyramidTextEncoder
 
     dit_path, vae_path, text_path = paths
-    dit = load_dit(dit_path, dtype=args.dtype, device=args.device)
+    dit = load_dit(dit_path, dtype=args.dtype, weight_dtype=args.weight_dtype, device=args.device)
     variant, why = choose_variant(model_kind(dit), str(dit_path), args.variant or "auto")
     if groups.leader:
         print(f"variant {why}", file=sys.stderr)

@@ -23,6 +23,8 @@ from typing import Mapping
 import torch
 from safetensors import SafetensorError, safe_open
 
+from .models.fp8_linear import FP8, fp8_linear_names, use_fp8_linears
+
 # ComfyUI and other tools sometimes save with a wrapper prefix; the official names follow it.
 KNOWN_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "first_stage_model.", "vae.", "transformer.")
 SAFETENSORS_NAMES = ("diffusion_pytorch_model.safetensors", "model.safetensors")
@@ -44,17 +46,25 @@ KIND_DESCRIPTIONS = {
 # reading tensors
 # --------------------------------------------------------------------------------------
 
-def _strip_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _strip_prefix(state_dict: dict) -> dict:
+    """The dict with a wrapper prefix that every name shares removed (values unchanged)."""
     for prefix in KNOWN_PREFIXES:
         if state_dict and all(k.startswith(prefix) for k in state_dict):
             return {k[len(prefix):]: v for k, v in state_dict.items()}
     return state_dict
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+def _unprefixed(name: str) -> str:
+    return next((name[len(p):] for p in KNOWN_PREFIXES if name.startswith(p)), name)
+
+
+def _read_safetensors(path: Path, dtype_for=None) -> dict[str, torch.Tensor]:
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
-            return {name: f.get_tensor(name) for name in f.keys()}
+            if dtype_for is None:
+                return {name: f.get_tensor(name) for name in f.keys()}
+            # Cast each tensor as it is read: the file's precision never exists in full.
+            return {name: _cast(f.get_tensor(name), dtype_for(_unprefixed(name))) for name in f.keys()}
     except SafetensorError as err:
         raise ValueError(f"{path} is not a readable .safetensors file ({err}); it may be truncated: "
                          "download it again") from None
@@ -89,8 +99,15 @@ def _folder_weight_files(folder: Path) -> list[Path]:
     return singles
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint folder or file, on the CPU, with wrapper prefixes removed."""
+def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    return tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+
+
+def read_state_dict(path: str | Path, dtype_for=None) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint folder or file, on the CPU, with wrapper prefixes removed.
+
+    ``dtype_for(name)``: the dtype each floating-point tensor is cast to as it is read (None:
+    as stored); names are given without wrapper prefixes."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
@@ -98,13 +115,37 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     state_dict: dict[str, torch.Tensor] = {}
     for file in files:
         if file.suffix == ".safetensors":
-            state_dict.update(_read_safetensors(file))
+            state_dict.update(_read_safetensors(file, dtype_for))
         elif file.suffix in PICKLE_SUFFIXES:
-            state_dict.update(_read_pickle(file))
+            tensors = _read_pickle(file)
+            if dtype_for is not None:
+                for name in tensors:
+                    tensors[name] = _cast(tensors[name], dtype_for(_unprefixed(name)))
+            state_dict.update(tensors)
         else:
             raise ValueError(f"{file}: unsupported checkpoint format {file.suffix!r}; "
                              "use .safetensors (or a weights-only .bin/.pt)")
     return _strip_prefix(state_dict)
+
+
+def read_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Tensor names (wrapper prefixes removed) and shapes of a checkpoint, without reading
+    the tensors of a .safetensors file (its header says them)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    files = _folder_weight_files(path) if path.is_dir() else [path]
+    if any(file.suffix != ".safetensors" for file in files):
+        return {k: tuple(v.shape) for k, v in read_state_dict(path).items()}
+    shapes = {}
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt", device="cpu") as f:
+                shapes.update({name: tuple(f.get_slice(name).get_shape()) for name in f.keys()})
+        except SafetensorError as err:
+            raise ValueError(f"{file} is not a readable .safetensors file ({err}); it may be truncated: "
+                             "download it again") from None
+    return _strip_prefix(shapes)
 
 
 def read_config(path: str | Path) -> dict | None:
@@ -275,37 +316,26 @@ def check_dtype_supported(dtype: str | torch.dtype, device: str | torch.device) 
                          "for the models on this GPU")
 
 
-class _UpcastLinear(torch.nn.Linear):
-    """A Linear whose weights are stored in a narrow dtype (fp8) and computed in the input's."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = self.bias.to(x.dtype) if self.bias is not None else None
-        return torch.nn.functional.linear(x, self.weight.to(x.dtype), bias)
-
-
-def store_linear_weights_as(model: torch.nn.Module, storage_dtype: torch.dtype) -> torch.nn.Module:
-    """Keep every Linear weight in ``storage_dtype`` (e.g. fp8 e4m3fn), upcast per call.
-
-    Halves DiT memory against bf16; norms, embeddings and biases keep the compute dtype.
-    """
-    for module in model.modules():
-        if type(module) is torch.nn.Linear:
-            module.weight.data = module.weight.data.to(storage_dtype)
-            module.__class__ = _UpcastLinear
-    return model
+def _meta_model(kind: str, config: dict) -> torch.nn.Module:
+    with parameters_on_meta():
+        return model_class(kind).from_config(config)
 
 
 def build_from_state_dict(kind: str, state_dict: dict[str, torch.Tensor], config: dict | None,
-                          dtype: torch.dtype) -> torch.nn.Module:
+                          dtype: torch.dtype, storage_dtype: torch.dtype | None = None,
+                          model: torch.nn.Module | None = None) -> torch.nn.Module:
     """Build the ``kind`` model from ``config`` (or the tensor shapes) and load it strictly.
 
     ``state_dict`` is cast to ``dtype`` in place: its tensors become the model's parameters.
+    ``storage_dtype`` (fp8): the Linear weights are kept in it instead (:mod:`.models.fp8_linear`).
+    ``model``: the model already built on the meta device from ``config``.
     """
     cls = model_class(kind)
     if config is None:
         config = config_from_state_dict(kind, {k: tuple(v.shape) for k, v in state_dict.items()})
-    with parameters_on_meta():
-        model = cls.from_config(config)
+    if model is None:
+        model = _meta_model(kind, config)
+    narrow = fp8_linear_names(model) if storage_dtype is not None else set()
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
@@ -320,9 +350,10 @@ def build_from_state_dict(kind: str, state_dict: dict[str, torch.Tensor], config
     # Cast entry by entry in the caller's dict, so each original tensor is freed as its copy is
     # made: the weights never exist twice in full.
     for name, tensor in state_dict.items():
-        if tensor.is_floating_point():
-            state_dict[name] = tensor.to(dtype)
+        state_dict[name] = _cast(tensor, storage_dtype if name in narrow else dtype)
     model.load_state_dict(state_dict, strict=True, assign=True)
+    if narrow:
+        use_fp8_linears(model)
     leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if leftover:
         raise RuntimeError(f"{cls.__name__}: tensors left on the meta device after loading: {leftover[:5]}")
@@ -330,13 +361,21 @@ def build_from_state_dict(kind: str, state_dict: dict[str, torch.Tensor], config
     return model.eval().requires_grad_(False)
 
 
-def _load(path: str | Path, wanted: tuple[str, ...], dtype, device) -> torch.nn.Module:
-    state_dict = read_state_dict(path)
-    kind = detect_kind(state_dict)
+def _load(path: str | Path, wanted: tuple[str, ...], dtype, device, storage_dtype=None) -> torch.nn.Module:
+    """Read, check, build and place a model; every tensor is cast to its final dtype as it is
+    read, so neither the file's precision nor a second copy ever exists in full in RAM, and
+    the device only ever receives the final (e.g. fp8) weights."""
+    shapes = read_shapes(path)
+    kind = detect_kind(shapes)
     if kind not in wanted:
         loader = "the VAE loader (load_vae)" if kind == "vae" else "the DiT loader (load_dit)"
         raise ValueError(f"{Path(path).name} is {KIND_DESCRIPTIONS[kind]}; load it with {loader}")
-    model = build_from_state_dict(kind, state_dict, read_config(path), resolve_dtype(dtype))
+    config = read_config(path) or config_from_state_dict(kind, shapes)
+    model = _meta_model(kind, config)
+    compute = resolve_dtype(dtype)
+    narrow = fp8_linear_names(model) if storage_dtype is not None else set()
+    state_dict = read_state_dict(path, lambda name: storage_dtype if name in narrow else compute)
+    model = build_from_state_dict(kind, state_dict, config, compute, storage_dtype, model=model)
     return torch.nn.Module.to(model, device)  # diffusers' .to() warns about dtypes we set on purpose
 
 
@@ -348,7 +387,8 @@ def load_dit(path: str | Path, *, dtype: str | torch.dtype = "bf16", weight_dtyp
         path: ``diffusion_transformer_*`` folder or ``.safetensors`` file.
         dtype: compute dtype (``"bf16"``, ``"fp16"``, ``"fp32"``).
         weight_dtype: optional storage dtype for the Linear weights, ``"fp8_e4m3fn"`` to halve
-            memory; computation stays in ``dtype``.
+            memory: read straight into fp8 (no full copy in ``dtype`` on the host or the
+            device); fp8 matmuls on GPUs that have them, computation in ``dtype`` elsewhere.
         device: where the model goes.
 
     Returns:
@@ -357,10 +397,10 @@ def load_dit(path: str | Path, *, dtype: str | torch.dtype = "bf16", weight_dtyp
     compute = resolve_dtype(dtype)
     if compute == torch.float8_e4m3fn:
         raise ValueError("fp8 is a storage format: pass dtype='bf16', weight_dtype='fp8_e4m3fn'")
-    model = _load(path, ("flux", "mmdit"), compute, device)
-    if weight_dtype is not None and resolve_dtype(weight_dtype) != compute:
-        store_linear_weights_as(model, resolve_dtype(weight_dtype))
-    return model
+    storage = None if weight_dtype is None or resolve_dtype(weight_dtype) == compute else resolve_dtype(weight_dtype)
+    if storage not in (None, FP8):
+        raise ValueError(f"weight_dtype={weight_dtype!r}: the narrow storage format is fp8_e4m3fn")
+    return _load(path, ("flux", "mmdit"), compute, device, storage_dtype=storage)
 
 
 def load_vae(path: str | Path, *, dtype: str | torch.dtype = "bf16",

@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from pyramid_core import loading
 from pyramid_core.models import CausalVideoVAE, PyramidDiffusionMMDiT, PyramidFluxTransformer
+from pyramid_core.models.fp8_linear import Fp8Linear, use_fp8_linears
 from support import REPO_ROOT
 
 GOLDEN = REPO_ROOT / "tests" / "data" / "golden"
@@ -97,6 +98,40 @@ def test_fp8_storage_keeps_linear_weights_narrow_and_computes_in_bf16():
     assert out.dtype == torch.bfloat16
     reference = x.float() @ linears[0].weight.float().T + linears[0].bias.float()
     torch.testing.assert_close(out.float(), reference, rtol=2e-2, atol=2e-2)  # bf16 rounding
+
+
+def test_fp8_storage_is_read_straight_into_fp8():
+    """No full bf16 copy on the host (nor, so, on the device the model then goes to): the
+    peak of the tensors made while loading is the fp8 model plus about one tensor."""
+    from pyramid_core.models.live_bytes import LiveBytes
+
+    path = GOLDEN / TINY["flux"][1]
+    with LiveBytes("cpu") as meter:
+        model = loading.load_dit(path, dtype="bf16", weight_dtype="fp8_e4m3fn")
+    final = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    largest = max(t.numel() for t in model.parameters()) * 2                  # one tensor in bf16
+    bf16_model = sum(t.numel() * 2 for t in model.parameters())
+    assert meter.peak <= final + 2 * largest < bf16_model
+    assert all(type(m) is Fp8Linear for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fp8_matmul_agrees_with_the_upcast_to_fp8_rounding(dtype, monkeypatch):
+    """The _scaled_mm path (taken on GPUs with fp8 matmuls; forced here on the CPU) against
+    the upcast path: the input is rounded to fp8 too (3 mantissa bits, about 6 % per value,
+    averaging out over the sum)."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 48).to(dtype)
+    layer.weight.data = layer.weight.data.to(torch.float8_e4m3fn)
+    use_fp8_linears(layer)
+    x = torch.randn(2, 5, 64, dtype=dtype)
+    upcast = layer(x)
+    monkeypatch.setattr(Fp8Linear, "fp8_matmul", True)
+    fast = layer(x)
+    assert fast.dtype == dtype and fast.shape == (2, 5, 48)
+    error = (fast.float() - upcast.float()).norm() / upcast.float().norm()
+    assert 0 < error < 0.05, error
+    assert torch.isfinite(layer(torch.zeros(3, 64, dtype=dtype))).all()      # an all-zero input stays finite
 
 
 def test_fp8_as_compute_dtype_is_refused():

@@ -21,14 +21,16 @@ from torch.utils._pytree import tree_flatten
 
 
 class LiveBytes(TorchDispatchMode):
-    """``with LiveBytes() as meter: ...``; then ``meter.peak`` (bytes) and ``meter.live``.
+    """``with LiveBytes("cpu") as meter: ...``; then ``meter.peak`` (bytes) and ``meter.live``.
 
-    Only tensors created inside the block count: inputs made before it are not part of
-    either figure. Views and in-place results share a storage already counted.
+    Only tensors on ``device`` (a device type: "cpu", "cuda", "meta") created inside the
+    block count: inputs made before it are not part of either figure. Views and in-place
+    results share a storage already counted.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, device: str) -> None:
         super().__init__()
+        self.device = torch.device(device).type
         self.live = 0
         self.peak = 0
         self._alive: dict[int, weakref.finalize] = {}
@@ -40,7 +42,7 @@ class LiveBytes(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for tensor in tree_flatten(out)[0]:
-            if not isinstance(tensor, torch.Tensor):
+            if not isinstance(tensor, torch.Tensor) or tensor.device.type != self.device:
                 continue
             storage = tensor.untyped_storage()
             key = id(storage)

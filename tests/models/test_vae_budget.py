@@ -29,7 +29,7 @@ def tiny_vae() -> CausalVideoVAE:
 
 def measured_peak(run) -> int:
     gc.collect()
-    with torch.no_grad(), LiveBytes() as meter:
+    with torch.no_grad(), LiveBytes("cpu") as meter:
         out = run()
     del out
     return meter.peak
@@ -37,7 +37,7 @@ def measured_peak(run) -> int:
 
 def test_live_bytes_counts_each_storage_once_while_it_lives():
     x = torch.ones(1000)                                  # made before: not counted
-    with LiveBytes() as meter:
+    with LiveBytes("cpu") as meter:
         a = x * 2                                         # 4000 bytes
         view, same = a[10:], a.add_(1)                    # a view and an in-place result: nothing new
         b = torch.cat([a, a])                             # 8000 bytes

@@ -171,3 +171,12 @@ def test_vae_tiles_are_auto_by_default_and_a_bad_size_says_what_to_give(tmp_path
     with pytest.raises(SystemExit):
         main([*base, "--vae-tile", "500"])
     assert "tile size 500: give auto, 0 (whole frames) or a positive multiple of 8 px" in capsys.readouterr().err
+
+
+def test_cli_generates_with_fp8_weights(checkpoints, tmp_path):
+    official, _ = checkpoints
+    out = tmp_path / "fp8.mp4"
+    options = [o if o != "fp32" else "bf16" for o in COMMON]
+    assert main(["generate", "t2v", "--model-dir", str(official), "--frames", "9", "--output", str(out),
+                 *options, "--weight-dtype", "fp8_e4m3fn"]) == 0
+    assert read_video(out)[0].shape == (9, 64, 128, 3)

@@ -96,7 +96,7 @@ def _fit(config_json: str, dtype: torch.dtype, kind: str, frames: int, chunk_siz
     peaks = []
     for n in (16, 32):
         x = torch.empty(1, channels, frames, n * side, n * side, device="meta", dtype=dtype)
-        with torch.no_grad(), LiveBytes() as meter:
+        with torch.no_grad(), LiveBytes("meta") as meter:
             out = meta._run_pieces(network, x, chunk_size, None)
         peaks.append(meter.peak - 2 * out.numel() * out.element_size())
     slope = (peaks[1] - peaks[0]) / (32 * 32 - 16 * 16)
