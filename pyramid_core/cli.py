@@ -175,6 +175,10 @@ def _check_run_args(args) -> None:
         check_dtype_supported(dtype, args.device)
     if args.compile != "off":
         check_compile_available(args.device)
+    if args.block_swap < 0:
+        raise ValueError(f"--block-swap {args.block_swap}: the number of DiT blocks to keep in host memory, 0 or more")
+    if args.block_swap and args.compile != "off":
+        raise ValueError("--block-swap and --compile do not go together yet: choose one")
 
 
 def _check_request_options(args) -> int:
@@ -369,6 +373,9 @@ def _add_generation_options(parser: argparse.ArgumentParser, batch: bool) -> Non
     models.add_argument("--variant", choices=sorted(VARIANTS), help="default: detected from the DiT")
     models.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
     models.add_argument("--vae-dtype", choices=("bf16", "fp16", "fp32"), help="default: --dtype")
+    models.add_argument("--block-swap", type=int, default=0, metavar="N",
+                        help="keep the DiT's last N blocks in host memory and stream each to the GPU just before "
+                             "it runs (for small cards; same video, slower the more are swapped)")
     models.add_argument("--weight-dtype", choices=("fp8_e4m3fn",),
                         help="store the DiT's linear weights in fp8 (half the memory; fp8 matmuls on GPUs "
                              "from Ada/Hopper on, computed in --dtype elsewhere)")

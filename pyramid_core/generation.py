@@ -46,10 +46,15 @@ def load_models(args, paths: tuple[Path, Path, Path], groups: ParallelGroups) ->
     """DiT, VAE and text encoders from ``paths`` (DiT, VAE, text encoder folder) on ``args.device``;
     the DiT made parallel over ``groups`` (``ValueError`` when its heads do not split)."""
     from .loading import load_dit, load_vae, model_kind, resolve_dtype
+    from .models.block_swap import BlockSwap, transformer_blocks
     from .models.text_encoders import PyramidTextEncoder
 
     dit_path, vae_path, text_path = paths
-    dit = load_dit(dit_path, dtype=args.dtype, weight_dtype=args.weight_dtype, device=args.device)
+    # With block swap the DiT stays on the host and BlockSwap places it: never whole on the device.
+    dit = load_dit(dit_path, dtype=args.dtype, weight_dtype=args.weight_dtype,
+                   device="cpu" if args.block_swap else args.device)
+    if args.block_swap:
+        BlockSwap(dit, args.device, swapped=min(args.block_swap, len(transformer_blocks(dit))))
     variant, why = choose_variant(model_kind(dit), str(dit_path), args.variant or "auto")
     if groups.leader:
         print(f"variant {why}", file=sys.stderr)

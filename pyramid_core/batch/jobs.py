@@ -88,8 +88,8 @@ JOB_FIELDS: dict[str, Callable[[Any], Any]] = {
     "image": _path, "video": _path,
 }
 # Options that hold for the whole run (one set of models per process): command line only.
-RUN_OPTIONS = ("model_dir", "dit", "vae", "text_encoders", "variant", "dtype", "vae_dtype", "weight_dtype", "device", "compile",
-               "parallel", "sequence_size", "out_dir", "prompts", "save_latents", "output", "mode")
+RUN_OPTIONS = ("model_dir", "dit", "vae", "text_encoders", "variant", "dtype", "vae_dtype", "weight_dtype",
+               "block_swap", "device", "compile", "parallel", "sequence_size", "out_dir", "prompts", "save_latents", "output", "mode")
 
 
 @dataclass(frozen=True)

@@ -170,3 +170,32 @@ def test_a_bare_tensor_sample_is_explained():
     batch["sample"] = batch["sample"][2][0]
     with pytest.raises(TypeError, match=r"\[\[latent\]\]"):
         tiny("flux")(**batch)
+
+
+@pytest.mark.parametrize("family", TINY)
+def test_block_swap_gives_the_same_outputs_and_streams_blocks_in_order(family):
+    """Blocks on the host, streamed in ahead of use: the outputs are bit-identical, each block
+    is copied before it runs (the last ones prefetch the first for the next call), and the
+    host copies are what the blocks hold between calls. On a CUDA device the copies run on a
+    side stream; benchmarks/gpu_check.py compares that path."""
+    from pyramid_core.models.block_swap import BlockSwap, transformer_blocks
+
+    model, batch = tiny(family), training_batch()
+    with torch.no_grad():
+        expected = model(**batch)
+    blocks = transformer_blocks(model)
+    swap = BlockSwap(model, "cpu", swapped=len(blocks), ahead=1)
+    host = [[p.data_ptr() for p in block.parameters()] for block in blocks]
+    with torch.no_grad():
+        for _ in range(2):
+            out = model(**batch)
+            for o, e in zip(out, expected):
+                assert torch.equal(o, e)
+            assert [[p.data_ptr() for p in block.parameters()] for block in blocks] == host
+    n = len(blocks)
+    assert swap.loads[:n] == list(range(n)) and swap.loads[n] == 0          # the last block fetched the first
+    swap.remove()
+    with torch.no_grad():
+        assert all(torch.equal(o, e) for o, e in zip(model(**batch), expected))
+    with pytest.raises(ValueError, match=f"give 1 to {n}"):
+        BlockSwap(model, "cpu", swapped=n + 1)

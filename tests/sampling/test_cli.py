@@ -180,3 +180,16 @@ def test_cli_generates_with_fp8_weights(checkpoints, tmp_path):
     assert main(["generate", "t2v", "--model-dir", str(official), "--frames", "9", "--output", str(out),
                  *options, "--weight-dtype", "fp8_e4m3fn"]) == 0
     assert read_video(out)[0].shape == (9, 64, 128, 3)
+
+
+def test_cli_block_swap_makes_the_same_video(checkpoints, tmp_path, capsys):
+    official, _ = checkpoints
+    videos = []
+    for swap in ("0", "2"):
+        out = tmp_path / f"swap{swap}.mp4"
+        assert main(["generate", "t2v", "--model-dir", str(official), "--frames", "9", "--output", str(out),
+                     *COMMON, "--block-swap", swap]) == 0
+        videos.append(read_video(out)[0])
+    assert torch.equal(videos[0], videos[1])
+    assert main(["generate", "t2v", "--model-dir", str(official), *COMMON, "--block-swap", "-1"]) == 2
+    assert "--block-swap -1: the number of DiT blocks to keep in host memory" in capsys.readouterr().err
