@@ -19,6 +19,7 @@ import comfy.utils
 import folder_paths
 from comfy_api.latest import io
 
+from ..pyramid_core.models.block_swap import BlockSwap, transformer_blocks
 from ..pyramid_core.preview import BUILTIN_FACTORS, PreviewFactors, latent_preview_rgb
 from ..pyramid_core.sizes import check_latents_fit, check_sampler_fits
 from ..pyramid_core.variants import Variant
@@ -65,6 +66,7 @@ class ModelHandle:
     variant: Variant | None = None     # DiTs only
     preview: PreviewFactors | None = None   # DiTs only: latent preview colours (None: built in)
     family: str | None = None          # text encoders: "flux" or "mmdit"
+    block_swap: int = 0                # DiTs only: blocks streamed from host memory (0: off)
 
     def clone(self) -> "ModelHandle":
         """A handle on a patcher clone (shares weights; patches added to it stay its own)."""
@@ -102,12 +104,43 @@ def model_on_device(handle: ModelHandle, memory_required: int = 0):
 
     ``memory_required``: bytes the work needs beside the weights; ComfyUI unloads other
     models until that much is free (or nothing more can go)."""
+    if handle.block_swap:
+        with _swapped_on_device(handle, memory_required) as module:
+            yield module
+        return
     comfy.model_management.load_models_gpu([handle.patcher], memory_required=memory_required, force_full_load=True)
     try:
         yield handle.patcher.model.diffusion_model
     finally:
         if handle.offload == "offload_after_use":
             _unload(handle.patcher)
+
+
+@contextmanager
+def _swapped_on_device(handle: ModelHandle, memory_required: int):
+    """The DiT with its last ``handle.block_swap`` blocks streamed from host memory.
+
+    ComfyUI applies the handle's patches (LoRA) on the offload device, then BlockSwap puts
+    everything but the swapped blocks on the load device; afterwards all goes back. The
+    model is never whole on the GPU, so ComfyUI's loader (which moves whole models) is not
+    used; other models are unloaded to make room for what stays plus two streamed blocks."""
+    mm, patcher = comfy.model_management, handle.patcher
+    module = patcher.model.diffusion_model
+    blocks = transformer_blocks(module)
+    size = lambda modules: sum(t.numel() * t.element_size() for m in modules  # noqa: E731
+                               for t in [*m.parameters(), *m.buffers()])
+    streamed = blocks[len(blocks) - handle.block_swap:]
+    on_device = size([module]) - size(streamed) + 2 * max(size([b]) for b in streamed)
+    mm.free_memory(on_device + memory_required, patcher.load_device)
+    patcher.patch_model(device_to=patcher.offload_device)
+    swap = BlockSwap(module, patcher.load_device, swapped=handle.block_swap)
+    try:
+        yield module
+    finally:
+        swap.remove()
+        patcher.unpatch_model(device_to=patcher.offload_device)
+        torch.nn.Module.to(module, patcher.offload_device)    # diffusers' .to() warns about our dtypes
+        mm.soft_empty_cache()
 
 
 def execution_device(handle: ModelHandle) -> torch.device:

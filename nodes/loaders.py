@@ -12,6 +12,7 @@ import folder_paths
 from comfy_api.latest import io, ui
 
 from ..pyramid_core.compile import COMPILE_MODES, check_compile_available, compile_dit
+from ..pyramid_core.models.block_swap import transformer_blocks
 from ..pyramid_core.loading import check_dtype_supported, load_dit, load_vae, model_kind
 from ..pyramid_core.models.text_encoders import PyramidTextEncoder, detect_text_encoder_family
 from ..pyramid_core.variants import VARIANTS, choose_variant
@@ -63,13 +64,17 @@ class PyramidFlowDiTLoader(io.ComfyNode):
                                tooltip="Colours of the samplers' latent previews: built in for the released VAE, or "
                                        "a file made for your VAE by 'python -m pyramid_core fit-preview' and put in "
                                        "models/vae."),
+                io.Int.Input("block_swap", default=0, min=0, max=64, optional=True,
+                             tooltip="For small cards: keep the DiT's last N blocks in system memory and stream each "
+                                     "to the GPU just before it runs (the same video; slower the more are swapped). "
+                                     "0 = off."),
             ],
             outputs=[DiTType.Output(display_name="dit")],
         )
 
     @classmethod
     def execute(cls, dit_name: str, precision: str, variant: str, offload: str, compile: str = "off",
-                preview: str = BUILTIN_PREVIEW) -> io.NodeOutput:
+                preview: str = BUILTIN_PREVIEW, block_swap: int = 0) -> io.NodeOutput:
         # everything that can be refused is, before the DiT loads
         factors = load_preview_factors(preview)
         path = resolve_model_path(("diffusion_models",), dit_name)
@@ -78,12 +83,16 @@ class PyramidFlowDiTLoader(io.ComfyNode):
         check_dtype_supported(compute, device)
         if compile != "off":
             check_compile_available(device)
+            if block_swap:
+                raise ValueError("block_swap and compile do not go together yet: set one of them to off/0")
         model = load_dit(path, dtype=compute, weight_dtype=storage)
         if compile != "off":
             compile_dit(model, mode=compile, device=device)
         chosen, why = choose_variant(model_kind(model), dit_name, variant)
         log.info("Pyramid Flow DiT %s: variant %s", dit_name, why)
-        return io.NodeOutput(make_handle(model, offload=offload, kind="dit", variant=chosen, preview=factors),
+        handle = make_handle(model, offload=offload, kind="dit", variant=chosen, preview=factors,
+                             block_swap=min(block_swap, len(transformer_blocks(model))))
+        return io.NodeOutput(handle,
                              ui=ui.PreviewText(f"variant {why}"))
 
 

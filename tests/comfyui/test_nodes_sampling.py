@@ -169,3 +169,25 @@ def test_a_lora_exported_by_the_trainer_loads_in_the_lora_node(tiny_comfyui):
     expected = _run_to_latent(tiny_comfyui, premerged, "10")
     assert not torch.allclose(expected, _run_to_latent(tiny_comfyui, base, "10"), atol=1e-3)  # the LoRA matters
     torch.testing.assert_close(_run_to_latent(tiny_comfyui, through_node, "10"), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_block_swap_gives_the_same_latents_with_and_without_a_lora(tiny_comfyui):
+    """The DiT Loader's block_swap streams blocks from host memory (on this CPU-only server the
+    'device' is the host, so this proves the plumbing: ComfyUI's LoRA patches applied, then
+    taken off again, and the same numbers)."""
+    write_tiny_lora(tiny_comfyui.models_dir, "tiny_lora_swap.safetensors")
+    base = shrink(load_api_workflow("pyramid_flow_t2v_384p"), seed=6)
+    swapped = {**base, "2": {**base["2"], "inputs": {**base["2"]["inputs"], "block_swap": 2}}}
+
+    def with_lora(prompt):
+        prompt = dict(prompt)
+        prompt["9"] = {"class_type": "PyramidFlowLoraLoader",
+                       "inputs": {"dit": ["2", 0], "lora_name": "tiny_lora_swap.safetensors", "strength": 1.0}}
+        prompt["10"] = {**prompt["10"], "inputs": {**prompt["10"]["inputs"], "dit": ["9", 0]}}
+        return prompt
+
+    plain = _run_to_latent(tiny_comfyui, base, "10")
+    assert torch.equal(_run_to_latent(tiny_comfyui, swapped, "10"), plain)
+    lora = _run_to_latent(tiny_comfyui, with_lora(base), "10")
+    assert torch.equal(_run_to_latent(tiny_comfyui, with_lora(swapped), "10"), lora)
+    assert torch.equal(_run_to_latent(tiny_comfyui, swapped, "10"), plain)          # the patches came off
