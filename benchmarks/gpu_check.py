@@ -20,6 +20,11 @@ each one, so a run cut short keeps what it measured):
   the pack's default settings (one latent frame per chunk, no tiles): seconds, peak memory.
 * ``model_load``: peak host RAM and GPU memory of loading the DiT in bf16 and with fp8 weight
   storage (each load in a fresh process).
+* ``memory_caps``: a whole 5 s 768p video (sampling + VAE decode with auto tiles) under GPU
+  memory caps (``set_per_process_memory_fraction``), each in a fresh process
+  (``video_under_cap.py``): default bf16 uncapped, then 24 and 12 GiB; fp8 weights at 12 and
+  8 GiB; fp8 + block swap (half the blocks) at 8 GiB. Complete or not, peak and seconds per
+  phase, the tiles chosen, and each run's time against the uncapped one with its weights.
 * ``t2v_768p``: as ``t2v_384p`` at 1280x768, 10 s, as far as the time budget allows.
 
 Without CUDA it says so and exits 0. The budget (seconds) bounds the whole run: a section
@@ -47,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SECTIONS = ("environment", "kernel_correctness", "attention_speed", "t2v_384p", "vae_decode", "model_load",
-            "t2v_768p")
+            "memory_caps", "t2v_768p")
 RESOLUTIONS = {  # name: (width, height, latent frames of the video) -- 5 s at 384p, 10 s at 768p
     "384p": (640, 384, 16),
     "768p": (1280, 768, 31),
@@ -397,6 +402,51 @@ def model_load(args, deadline) -> dict:
     return out
 
 
+# (label, weights, block swap share, cap GiB): the settings issue 25 asks to prove, most telling first.
+CAP_RUNS = (("bf16", "bf16", 0.0, None), ("bf16", "bf16", 0.0, 12), ("fp8+swap", "fp8_e4m3fn", 0.5, 8),
+            ("fp8", "fp8_e4m3fn", 0.0, None), ("fp8", "fp8_e4m3fn", 0.0, 8), ("bf16", "bf16", 0.0, 24),
+            ("fp8", "fp8_e4m3fn", 0.0, 12))
+
+
+def memory_caps(args, deadline) -> dict:
+    from safetensors.torch import save_file
+
+    from pyramid_core.models.block_swap import transformer_blocks
+
+    out = {}
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "pyramid_flow_miniflux_768p.safetensors"
+        dit = _full_dit()
+        blocks = len(transformer_blocks(dit))
+        save_file({k: v.contiguous() for k, v in dit.state_dict().items()}, str(path))
+        del dit
+        torch.cuda.empty_cache()
+        for label, weights, share, cap in CAP_RUNS:
+            left = deadline - time.perf_counter()
+            name = f"{label}@{cap or 'uncapped'}"
+            if left < 40:
+                out[name] = {"skipped": "budget spent"}
+                continue
+            command = [sys.executable, str(ROOT / "benchmarks" / "video_under_cap.py"), str(path), "--weights", weights,
+                       "--block-swap", str(int(blocks * share))]
+            if cap:
+                command += ["--cap-gib", str(cap)]
+            try:
+                done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=left,
+                                      env={**os.environ, "PYTHONPATH": str(ROOT)})
+            except subprocess.TimeoutExpired:
+                out[name] = {"error": "budget spent while running"}
+                continue
+            lines = done.stdout.strip().splitlines()
+            out[name] = json.loads(lines[-1]) if done.returncode == 0 and lines else {"error": done.stderr[-1500:]}
+    for name, run in out.items():           # time against the uncapped run with the same weights
+        base = out.get(f"{name.split('@')[0].replace('+swap', '')}@uncapped", {})
+        if run.get("complete") and base.get("complete"):
+            total = lambda r: sum(p["seconds"] for k, p in r["phase"].items() if k != "load")  # noqa: E731
+            run["time_vs_uncapped"] = round(total(run) / total(base), 3)
+    return out
+
+
 RUNNERS = {
     "environment": lambda args, deadline: environment(args),
     "kernel_correctness": lambda args, deadline: kernel_correctness(args),
@@ -404,11 +454,12 @@ RUNNERS = {
     "t2v_384p": t2v_run("384p", ("triton", "sdpa")),
     "vae_decode": vae_decode,
     "model_load": model_load,
+    "memory_caps": memory_caps,
     "t2v_768p": t2v_run("768p", ("triton",)),
 }
 # The least time a section needs to be worth starting (seconds).
 MINIMUM = {"environment": 0, "kernel_correctness": 20, "attention_speed": 30, "t2v_384p": 60, "vae_decode": 30,
-           "model_load": 45, "t2v_768p": 30}
+           "model_load": 45, "memory_caps": 90, "t2v_768p": 30}
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -57,3 +57,24 @@ def test_report_layout_and_name():
 
     path = gpu_check.report_path(Path("out"), "NVIDIA H200 NVL", dt.datetime(2026, 11, 29))
     assert path == Path("out/gpu_check_nvidia-h200-nvl_2026-11-29.json")
+
+
+def test_the_video_under_a_cap_runs_end_to_end_with_tiny_models(tmp_path):
+    """gpu_check's memory_caps section runs this script on the GPU; here it runs on the CPU with
+    the tiny models (fp8 weights, block swap, auto VAE tiles), so a broken call shows here."""
+    import json
+    import subprocess
+    import sys
+
+    from support import REPO_ROOT
+
+    golden = REPO_ROOT / "tests" / "data" / "golden"
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "video_under_cap.py"),
+                           str(golden / "weights_flux_tiny.safetensors"), "--device", "cpu", "--resolution", "tiny",
+                           "--seconds", "0.4", "--steps", "1,1,1", "--video-steps", "1,1,1", "--weights", "fp8_e4m3fn",
+                           "--block-swap", "1", "--vae-config", str(golden / "config_vae_tiny.json")],
+                          capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["complete"] and set(result["phase"]) == {"load", "sampling", "decode"}
+    assert result["tile_size"] is None and result["predicted_whole_frame_gib"] > 0

@@ -57,8 +57,11 @@ def free_memory(device: torch.device) -> int | None:
     RAM available now."""
     device = torch.device(device)
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        free, total = torch.cuda.mem_get_info(device)
+        reserved, allocated = torch.cuda.memory_reserved(device), torch.cuda.memory_allocated(device)
+        # A cap set with torch.cuda.set_per_process_memory_fraction binds before the device is full.
+        fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda _: 1.0)(device)
+        return max(0, min(free, int(fraction * total) - reserved)) + reserved - allocated
     if device.type == "cpu":
         from ...sizes import free_host_memory
 
@@ -171,6 +174,11 @@ def _first_fitting(choices: list[TileChoice], free: int | None) -> int:
         if choice.peak_bytes <= free:
             return index
     return len(choices) - 1
+
+
+def choose_tiles(choices: list[TileChoice], free: int | None) -> TileChoice:
+    """The choice :func:`run_fitting` tries first for ``free`` bytes."""
+    return choices[_first_fitting(choices, free)]
 
 
 def run_fitting(run, choices: list[TileChoice], free: int | None, device, what: str):
