@@ -73,14 +73,18 @@ class ModelHandle:
         return replace(self, patcher=self.patcher.clone())
 
 
-def make_handle(module: torch.nn.Module, *, offload: str = "auto", kind: str = "dit", **info) -> ModelHandle:
-    """Wrap ``module`` in a ``ModelPatcher`` with ComfyUI's devices for its kind."""
+def make_handle(module: torch.nn.Module, *, offload: str = "auto", kind: str = "dit", on_cpu: bool = False,
+                **info) -> ModelHandle:
+    """Wrap ``module`` in a ``ModelPatcher`` with ComfyUI's devices for its kind (``on_cpu``:
+    loaded and run on the CPU)."""
     mm = comfy.model_management
     if offload not in OFFLOAD_MODES:
         raise ValueError(f"offload={offload!r}: choose one of {', '.join(OFFLOAD_MODES)}")
     load_device = {"dit": mm.get_torch_device, "vae": mm.vae_device, "text": mm.text_encoder_device}[kind]()
     offload_device = {"dit": mm.unet_offload_device, "vae": mm.vae_offload_device,
                       "text": mm.text_encoder_offload_device}[kind]()
+    if on_cpu:
+        load_device = offload_device = torch.device("cpu")
     if offload == "keep_on_gpu":
         offload_device = load_device
     holder = PyramidModule(module.to(offload_device))

@@ -370,6 +370,12 @@ def _add_generation_options(parser: argparse.ArgumentParser, batch: bool) -> Non
     models.add_argument("--dit", help="DiT folder or single .safetensors file")
     models.add_argument("--vae", help="VAE folder or single .safetensors file")
     models.add_argument("--text-encoders", help="folder with tokenizer*/ and text_encoder*/")
+    models.add_argument("--text-encoder-device", choices=("same", "cpu"), default="same",
+                        help="cpu: keep CLIP and T5 in host memory and compute them there in fp32 (each prompt "
+                             "is encoded once), leaving the GPU to the DiT and the VAE")
+    models.add_argument("--text-encoder-weights", choices=("fp8_e4m3fn",),
+                        help="store the text encoders' linear weights (T5: 4.7 B parameters) in fp8, "
+                             "computed in their dtype")
     models.add_argument("--variant", choices=sorted(VARIANTS), help="default: detected from the DiT")
     models.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
     models.add_argument("--vae-dtype", choices=("bf16", "fp16", "fp32"), help="default: --dtype")

@@ -62,7 +62,12 @@ def load_models(args, paths: tuple[Path, Path, Path], groups: ParallelGroups) ->
         compile_dit(dit, mode=args.compile, device=args.device)
     dit = parallelize(dit, groups)
     vae = load_vae(vae_path, dtype=args.vae_dtype or args.dtype, device=args.device)
-    text_encoder = PyramidTextEncoder.from_pretrained(text_path, dtype=resolve_dtype(args.dtype), device=args.device)
+    on_host = args.text_encoder_device == "cpu"
+    weights = resolve_dtype(args.text_encoder_weights) if args.text_encoder_weights else None
+    # On the host in fp32: CPUs without bf16 units (most) emulate bf16 matmuls far slower.
+    text_encoder = PyramidTextEncoder.from_pretrained(
+        text_path, dtype=torch.float32 if on_host else resolve_dtype(args.dtype), device="cpu" if on_host else args.device,
+        weight_dtype=weights)
     return Models(dit, vae, text_encoder, variant)
 
 

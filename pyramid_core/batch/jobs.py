@@ -89,7 +89,8 @@ JOB_FIELDS: dict[str, Callable[[Any], Any]] = {
 }
 # Options that hold for the whole run (one set of models per process): command line only.
 RUN_OPTIONS = ("model_dir", "dit", "vae", "text_encoders", "variant", "dtype", "vae_dtype", "weight_dtype",
-               "block_swap", "device", "compile", "parallel", "sequence_size", "out_dir", "prompts", "save_latents", "output", "mode")
+               "block_swap", "text_encoder_device", "text_encoder_weights", "device", "compile", "parallel",
+               "sequence_size", "out_dir", "prompts", "save_latents", "output", "mode")
 
 
 @dataclass(frozen=True)

@@ -65,9 +65,9 @@ def fp8_linear_names(model: nn.Module) -> set[str]:
 
 
 def use_fp8_linears(model: nn.Module) -> nn.Module:
-    """Turn every plain ``nn.Linear`` of ``model`` (weights already fp8) into :class:`Fp8Linear`."""
+    """Turn every plain ``nn.Linear`` of ``model`` whose weight is fp8 into :class:`Fp8Linear`."""
     for module in model.modules():
-        if type(module) is nn.Linear:
+        if type(module) is nn.Linear and module.weight.dtype == FP8:
             module.__class__ = Fp8Linear
             # The weights are stored unscaled; a device-side 1 for _scaled_mm, outside the state dict.
             module.register_buffer("weight_scale", torch.ones((), dtype=torch.float32, device=module.weight.device),

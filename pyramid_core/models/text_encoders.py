@@ -87,6 +87,25 @@ def _dtype_kwarg(dtype: torch.dtype) -> dict:
     return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
 
 
+def _narrow_linears(module: nn.Module, weight_dtype: torch.dtype) -> None:
+    """Store every Linear weight of ``module`` in ``weight_dtype`` (fp8), computed by upcasting.
+
+    Always the upcast, never fp8 matmuls: T5's activations have outliers that a per-tensor
+    fp8 input scale would flatten (the reason it runs in bf16, not fp16). T5's feed-forward
+    output layers (``wo``) keep the compute dtype: transformers casts their input to their
+    weight's dtype, which must not be fp8."""
+    from .fp8_linear import use_fp8_linears
+
+    kept = {id(m.wo) for m in module.modules() if isinstance(getattr(m, "wo", None), nn.Linear)}
+    for layer in module.modules():
+        if type(layer) is nn.Linear and id(layer) not in kept:
+            layer.weight.data = layer.weight.data.to(weight_dtype)
+    use_fp8_linears(module)
+    for layer in module.modules():
+        if hasattr(layer, "fp8_matmul"):
+            layer.fp8_matmul = False
+
+
 class PyramidTextEncoder(nn.Module):
     """CLIP(s) + T5 prompt encoder returning :class:`PromptEmbeddings`.
 
@@ -124,14 +143,17 @@ class PyramidTextEncoder(nn.Module):
         family: str | None = None,
         dtype: torch.dtype = torch.bfloat16,
         device: torch.device | str | None = None,
+        weight_dtype: torch.dtype | None = None,
     ) -> "PyramidTextEncoder":
         """Load the text encoders of an official checkpoint folder (local files only).
 
         Args:
             folder: the model folder holding ``tokenizer*/`` and ``text_encoder*/``.
             family: ``"flux"`` or ``"mmdit"``; detected from the subfolders when ``None``.
-            dtype: weights dtype (bf16 by default; T5 overflows in fp16).
+            dtype: compute dtype (bf16 by default; T5 overflows in fp16).
             device: where to put the encoders.
+            weight_dtype: ``torch.float8_e4m3fn`` keeps the Linear weights (nearly all of T5's
+                4.7 B parameters) in fp8, half of bf16, upcast to ``dtype`` per layer.
         """
         import transformers
 
@@ -159,13 +181,16 @@ class PyramidTextEncoder(nn.Module):
             t5_tokenizer=tokenizer(layout.t5[0]),
             t5_encoder=model(transformers.T5EncoderModel, layout.t5[1]),
         )
+        if weight_dtype is not None and weight_dtype != dtype:
+            _narrow_linears(encoder, weight_dtype)
         return encoder.to(device) if device is not None else encoder
 
     # -- encoding ------------------------------------------------------------------------
 
     @staticmethod
     def _device_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
-        parameter = next(module.parameters())
+        """Where ``module`` computes and in which dtype (fp8-stored weights are not it)."""
+        parameter = next(p for p in module.parameters() if p.dtype != torch.float8_e4m3fn)
         return parameter.device, parameter.dtype
 
     def _clip_pooled(self, tokenizer, encoder: nn.Module, prompts: list[str]) -> torch.Tensor:

@@ -191,3 +191,12 @@ def test_block_swap_gives_the_same_latents_with_and_without_a_lora(tiny_comfyui)
     lora = _run_to_latent(tiny_comfyui, with_lora(base), "10")
     assert torch.equal(_run_to_latent(tiny_comfyui, with_lora(swapped), "10"), lora)
     assert torch.equal(_run_to_latent(tiny_comfyui, swapped, "10"), plain)          # the patches came off
+
+
+def test_text_encoders_on_the_cpu_with_fp8_weights_generate(tiny_comfyui):
+    base = shrink(load_api_workflow("pyramid_flow_t2v_384p"), seed=7)
+    loader = next(k for k, node in base.items() if node["class_type"] == "PyramidFlowTextEncoderLoader")
+    prompt = {**base, loader: {**base[loader], "inputs": {**base[loader]["inputs"], "device": "cpu",
+                                                            "precision": "fp8_e4m3fn"}}}
+    latents = _run_to_latent(tiny_comfyui, prompt, "10")
+    assert torch.isfinite(latents).all() and latents.shape == _run_to_latent(tiny_comfyui, base, "10").shape

@@ -180,3 +180,22 @@ def test_missing_or_unknown_folders_are_rejected(tmp_path, flux_folder):
 def test_bad_prompts_are_rejected(flux_encoder, bad):
     with pytest.raises(ValueError, match="string"):
         flux_encoder.encode_prompt(bad)
+
+
+def test_fp8_weights_halve_the_linears_and_stay_close(flux_folder):
+    """fp8 storage for small cards: the Linear weights in fp8, upcast per layer (never fp8
+    matmuls: T5's activation outliers), embeddings close to bf16's."""
+    from pyramid_core.models.fp8_linear import Fp8Linear
+
+    folder, _ = flux_folder
+    full = PyramidTextEncoder.from_pretrained(folder, dtype=torch.bfloat16)
+    narrow = PyramidTextEncoder.from_pretrained(folder, dtype=torch.bfloat16, weight_dtype=torch.float8_e4m3fn)
+    linears = {name: m for name, m in narrow.named_modules() if isinstance(m, torch.nn.Linear)}
+    kept = {name for name in linears if name.endswith(".wo")}          # T5's FF outputs: transformers needs them wide
+    assert kept and all(linears[name].weight.dtype == torch.bfloat16 for name in kept)
+    assert all(type(m) is Fp8Linear and m.weight.dtype == torch.float8_e4m3fn and m.fp8_matmul is False
+               for name, m in linears.items() if name not in kept)
+    (embeds, mask, pooled), (ref, ref_mask, ref_pooled) = narrow.encode_prompt(PROMPTS), full.encode_prompt(PROMPTS)
+    assert embeds.dtype == torch.bfloat16 and torch.equal(mask, ref_mask)
+    for got, want in ((embeds, ref), (pooled, ref_pooled)):
+        assert (got.float() - want.float()).norm() / want.float().norm() < 0.1

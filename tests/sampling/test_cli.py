@@ -193,3 +193,11 @@ def test_cli_block_swap_makes_the_same_video(checkpoints, tmp_path, capsys):
     assert torch.equal(videos[0], videos[1])
     assert main(["generate", "t2v", "--model-dir", str(official), *COMMON, "--block-swap", "-1"]) == 2
     assert "--block-swap -1: the number of DiT blocks to keep in host memory" in capsys.readouterr().err
+
+
+def test_cli_text_encoders_on_the_cpu_in_fp8(checkpoints, tmp_path):
+    official, _ = checkpoints
+    out = tmp_path / "t5cpu.mp4"
+    assert main(["generate", "t2v", "--model-dir", str(official), "--frames", "9", "--output", str(out), *COMMON,
+                 "--text-encoder-device", "cpu", "--text-encoder-weights", "fp8_e4m3fn"]) == 0
+    assert read_video(out)[0].shape == (9, 64, 128, 3)
