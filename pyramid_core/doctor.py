@@ -31,11 +31,8 @@ PACKAGES = ("torch", "triton", "diffusers", "transformers", "safetensors", "av",
 # on top): the DiT has 2.0 B parameters, T5-XXL 4.8 B, the VAE 0.34 B.
 DIT_GIB = {"bf16": 3.7, "fp8": 1.9}
 TEXT_ENCODERS_GIB = 9.0
-# VAE decode, one latent frame per chunk, untiled: about 39 KB per output pixel in bf16 (the
-# full-size VAE peaked 5.08 GB above its weights for 256x256 in fp32 on the CPU, i.e. 77.5 KB
-# per pixel, halved for bf16). 384p frames are 245,760 px, 768p 983,040 px; a tile of T px
-# needs T^2 pixels' worth.
-VAE_BYTES_PER_PIXEL = 39_000
+# A 5 s video (121 frames, 16 latent frames): what the VAE advice is computed for.
+VIDEO_LATENT_FRAMES = 16
 
 
 @dataclass
@@ -131,12 +128,29 @@ def attention_report(device: Device) -> dict[str, str]:
     return report
 
 
+def _vae_tiles(width: int, height: int, free_gib: float, device_type: str) -> str:
+    """What the VAE nodes' auto tiles (tile_size 0) do for a 5 s video at this size and free
+    memory (the VAE in fp32 on the CPU, in 16 bits on a GPU)."""
+    from .models.vae import CausalVideoVAE
+    from .models.vae.budget import choose_tiles, plan_tiles
+
+    with torch.device("meta"):                 # the constructor's defaults are the released layers
+        vae = CausalVideoVAE().to(torch.float32 if device_type == "cpu" else torch.bfloat16)
+    shape = (1, vae.latent_channels, VIDEO_LATENT_FRAMES, height // 8, width // 8)
+    choice = choose_tiles(plan_tiles(vae, "decode", shape, 1, device_type), int(free_gib * GIB))
+    if choice.tile_size is None:
+        return f"tile_size 0 (auto: whole frames fit, {choice.peak_bytes / GIB:.1f} GiB)"
+    return f"tile_size 0 (auto: {choice.tile_size} px tiles, {choice.peak_bytes / GIB:.1f} GiB)"
+
+
 def recommendations(device: Device) -> dict[str, str]:
     """Precision, offload and VAE tiling for this device, from the memory figures above."""
     if device.name == "cpu":
+        free = device.free_gib or 16.0
         return {"precision": "fp32 (CPU kernels; expect minutes per video unit at full size)",
-                "offload": "not applicable", "vae 384p": "tile_size 0 (whole frames)",
-                "vae 768p": "tile_size 512 if RAM is short"}
+                "offload": "not applicable",
+                **{label: _vae_tiles(w, h, free, "cpu") for label, (w, h) in (("vae 384p", (640, 384)),
+                                                                             ("vae 768p", (1280, 768)))}}
     free = device.free_gib or 0.0
     precision = "bf16" if "bf16" in device.compute_dtypes else "fp16 (no bf16 on this GPU; T5 may need fp32)"
     # room for the activations of a 768p unit and the VAE besides the weights: about 8 GiB
@@ -145,13 +159,10 @@ def recommendations(device: Device) -> dict[str, str]:
     elif free >= DIT_GIB["bf16"] + 6:
         offload = "auto (the text encoders are moved out while the DiT samples)"
     else:
-        offload = "offload_after_use, with fp8_e4m3fn DiT storage"
-    tiling = {}
-    for label, pixels in (("vae 384p", 640 * 384), ("vae 768p", 1280 * 768)):
-        if pixels * VAE_BYTES_PER_PIXEL / GIB < free - 1:
-            tiling[label] = "tile_size 0 (whole frames fit)"
-        else:
-            tiling[label] = "tile_size 512" if 512**2 * VAE_BYTES_PER_PIXEL / GIB < free - 1 else "tile_size 256"
+        offload = ("offload_after_use, with fp8_e4m3fn DiT storage and the text encoders on the CPU; "
+                   "block_swap on the DiT Loader if it still runs out of memory")
+    tiling = {label: _vae_tiles(w, h, free, "cuda") for label, (w, h) in (("vae 384p", (640, 384)),
+                                                                        ("vae 768p", (1280, 768)))}
     return {"precision": precision, "offload": offload, **tiling}
 
 

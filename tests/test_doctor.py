@@ -32,11 +32,13 @@ def test_a_backend_that_gets_attention_wrong_is_reported(monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("free, dtypes, precision, offload, tiles", [
-    (75.0, ["fp32", "fp16", "bf16"], "bf16", "keep_on_gpu", ("tile_size 0", "tile_size 0")),
-    (20.0, ["fp32", "fp16", "bf16"], "bf16", "auto", ("tile_size 0", "tile_size 512")),
-    (7.0, ["fp32", "fp16"], "fp16", "offload_after_use", ("tile_size 256", "tile_size 256")),
+    (75.0, ["fp32", "fp16", "bf16"], "bf16", "keep_on_gpu", ("whole frames", "whole frames")),
+    (20.0, ["fp32", "fp16", "bf16"], "bf16", "auto", ("whole frames", "px tiles")),
+    (7.0, ["fp32", "fp16"], "fp16", "offload_after_use", ("px tiles", "px tiles")),
 ])
 def test_advice_follows_the_gpus_memory_and_dtypes(free, dtypes, precision, offload, tiles):
     advice = recommendations(Device("cuda:0", "a GPU", 80.0, free, dtypes, False))
     assert advice["precision"].startswith(precision) and advice["offload"].startswith(offload)
-    assert (advice["vae 384p"].split(" (")[0], advice["vae 768p"].split(" (")[0]) == tiles
+    for label, expected in zip(("vae 384p", "vae 768p"), tiles):
+        assert advice[label].startswith("tile_size 0 (auto: ") and expected in advice[label], advice[label]
+        assert float(advice[label].split(", ")[-1].removesuffix(" GiB)")) <= free
