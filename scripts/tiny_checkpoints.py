@@ -295,7 +295,8 @@ def _stand_in_edits(prompt: dict, seed: int) -> dict[str, tuple[str | None, dict
     for node_id, node in prompt.items():
         inputs, kind = node["inputs"], node["class_type"]
         if kind == "DualCLIPLoader":     # t5xxl + clip_l cannot be tiny: the official-folder loader instead
-            edits[node_id] = ("PyramidFlowTextEncoderLoader", {"folder": TINY_TEXT_ENCODERS, "precision": "fp32"})
+            edits[node_id] = ("PyramidFlowTextEncoderLoader", {"folder": TINY_TEXT_ENCODERS, "precision": "fp32",
+                                                                "device": "default"})
         elif kind in ("PyramidFlowDiTLoader", "PyramidFlowVAELoader"):
             edits[node_id] = (None, {"precision": "fp32"})
         elif kind == "PyramidFlowEmptyLatent":       # an image stays one frame
@@ -327,7 +328,8 @@ def _toy_edits(prompt: dict, workflow: str, seed: int) -> dict[str, tuple[str | 
     for node_id, node in prompt.items():
         inputs, kind = node["inputs"], node["class_type"]
         if kind == "DualCLIPLoader":
-            edits[node_id] = ("PyramidFlowTextEncoderLoader", {"folder": TOY_TEXT_ENCODERS, "precision": "fp32"})
+            edits[node_id] = ("PyramidFlowTextEncoderLoader", {"folder": TOY_TEXT_ENCODERS, "precision": "fp32",
+                                                                "device": "default"})
         elif kind in ("PyramidFlowDiTLoader", "PyramidFlowVAELoader"):
             edits[node_id] = (None, {"precision": "fp32"})
         elif kind == "PyramidFlowTextEncode":
