@@ -74,8 +74,8 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=5, help="seeds per prompt / images / clips")
     parser.add_argument("--steps", default="1,2,4,10", help="steps per stage to compare")
     parser.add_argument("--dtypes", default="fp32",
-                        help="DiT dtypes to compare, e.g. fp32,fp16 (fp16 runs on the CPU, slowly; the VAE stays in "
-                             "--vae-dtype)")
+                        help="DiT dtypes to compare, e.g. fp32,fp16,fp8_e4m3fn (fp16 runs on the CPU, slowly; "
+                             "fp8_e4m3fn: fp8 linear weights computed in fp32; the VAE stays in --vae-dtype)")
     parser.add_argument("--vae-dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
     parser.add_argument("--no-history-variants", action="store_true", help="only the step counts of --steps")
     args = parser.parse_args()

@@ -20,6 +20,7 @@ NUMERIC=(tests/models tests/test_noise.py tests/test_rng.py tests/test_schedulin
          tests/training/test_vae_trainer.py::test_tiny_vae_learns_moving_shapes_and_exports_a_loadable_folder
          tests/training/test_vae_trainer.py::test_gan_bf16_and_gradient_checkpointing_paths_run
          tests/training/test_vae_losses.py)
+# tests/models/test_vae_budget.py counts bytes, not arithmetic: the README's run is enough (40 s saved each).
 # Each run compiles (tests/models/test_compile.py) into its own inductor cache: torch reuses
 # cached kernels across ATEN_CPU_CAPABILITY settings, so code vectorised for AVX2 met the
 # portable run's headers and failed to build ("'at::vec' has not been declared").
@@ -29,7 +30,8 @@ run() {
   echo "== numeric tests with $*"
   local cache
   cache=$(mktemp -d "$CACHES/inductor.XXXX")
-  env TORCHINDUCTOR_CACHE_DIR="$cache" "$@" .venv/bin/python -m pytest "${NUMERIC[@]}" -q -p no:cacheprovider
+  env TORCHINDUCTOR_CACHE_DIR="$cache" "$@" .venv/bin/python -m pytest "${NUMERIC[@]}" -q -p no:cacheprovider \
+    --ignore=tests/models/test_vae_budget.py
 }
 run ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 run ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=SSE4_2

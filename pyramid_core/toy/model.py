@@ -47,7 +47,8 @@ class ToySettings:
 
 class ToyModel:
     """The toy model's DiT, VAE and text encoders, loaded once (fp32 on the CPU by default;
-    ``vae_dtype`` defaults to ``dtype``)."""
+    ``vae_dtype`` defaults to ``dtype``). ``dtype="fp8_e4m3fn"``: the DiT's linear weights
+    stored in fp8 and computed in fp32 (everything else in fp32)."""
 
     def __init__(self, folder: str | Path, device: str = "cpu", dtype: str = "fp32",
                  vae_dtype: str | None = None) -> None:
@@ -56,7 +57,10 @@ class ToyModel:
         from ..variants import choose_variant
 
         folder = Path(folder)
-        self.dit = load_dit(folder / DIT_FOLDER, dtype=dtype, device=device)
+        storage = None
+        if dtype == "fp8_e4m3fn":
+            dtype, storage = "fp32", "fp8_e4m3fn"
+        self.dit = load_dit(folder / DIT_FOLDER, dtype=dtype, weight_dtype=storage, device=device)
         self.variant, _ = choose_variant(model_kind(self.dit), DIT_FOLDER)
         self.vae = load_vae(folder / "causal_video_vae", dtype=vae_dtype or dtype, device=device)
         self.text = TextCache(PyramidTextEncoder.from_pretrained(folder, dtype=resolve_dtype(dtype), device=device))
