@@ -24,7 +24,6 @@ from functools import lru_cache
 import torch
 
 from ..live_bytes import LiveBytes
-from .chunking import temporal_chunks
 from .tiling import TilePlan
 
 log = logging.getLogger("pyramid_core.vae")
@@ -33,7 +32,7 @@ log = logging.getLogger("pyramid_core.vae")
 # caching allocator's rounding. Issue 25's H200 measurement of a 1280x768 decode (31.2 GiB
 # allocated) against this module's count of the same decode (25.4 GB) gives the CUDA margin.
 MARGIN = {"cuda": 1.35}
-DEFAULT_MARGIN = 1.1
+DEFAULT_MARGIN = 1.1      # the CPU: oneDNN's scratch buffers, the allocator's rounding
 # Tile sizes tried, in pixels, largest first (multiples of 64 px: 8 latent pixels, so the
 # 25 % blend is a whole number of latent pixels); 128 px is the smallest worth its seams.
 TILE_STEP = 64
