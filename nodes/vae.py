@@ -67,9 +67,10 @@ class PyramidFlowVAEEncode(io.ComfyNode):
         if chunk_size % 8:
             raise ValueError(f"chunk_size={chunk_size}: use a multiple of 8 frames (or 0 for all at once)")
         pixels = image_to_pixels(images).transpose(0, 1)[None]                   # (1, 3, F, H, W) in [-1, 1]
-        module, tiles = vae.patcher.model.diffusion_model, tile_size or AUTO
-        needed = encode_memory_required(module, pixels.shape, chunk_size or None, execution_device(vae))
-        with model_on_device(vae, memory_required=needed if tiles == AUTO else 0) as model:
+        tiles = tile_size or AUTO
+        needed = 0 if tiles != AUTO else encode_memory_required(vae.patcher.model.diffusion_model, pixels.shape,
+                                                                chunk_size or None, execution_device(vae))
+        with model_on_device(vae, memory_required=needed) as model:
             dtype = next(model.parameters()).dtype
             posterior = model.encode(pixels.to(execution_device(vae), dtype), chunk_size=chunk_size or None,
                                      tile_size=tiles, progress=piece_callback())
@@ -108,10 +109,11 @@ class PyramidFlowVAEDecode(io.ComfyNode):
         if latents.ndim != 5:
             raise ValueError(f"expected video latents (B, 16, T, h, w), got shape {tuple(latents.shape)}: "
                              "is this LATENT from a Pyramid Flow node?")
-        module, tiles = vae.patcher.model.diffusion_model, tile_size or AUTO
+        tiles = tile_size or AUTO
         # Ask ComfyUI to free what whole frames need; auto then tiles to what is free.
-        needed = decode_memory_required(module, latents.shape, chunk_size or None, execution_device(vae))
-        with model_on_device(vae, memory_required=needed if tiles == AUTO else 0) as model:
+        needed = 0 if tiles != AUTO else decode_memory_required(vae.patcher.model.diffusion_model, latents.shape,
+                                                                chunk_size or None, execution_device(vae))
+        with model_on_device(vae, memory_required=needed) as model:
             dtype = next(model.parameters()).dtype
             pixels = model.decode(latents.to(execution_device(vae), dtype), chunk_size=chunk_size or None,
                                   tile_size=tiles, progress=piece_callback())  # (B, 3, F, H, W)
