@@ -131,10 +131,8 @@ def _swapped_on_device(handle: ModelHandle, memory_required: int):
     mm, patcher = comfy.model_management, handle.patcher
     module = patcher.model.diffusion_model
     blocks = transformer_blocks(module)
-    size = lambda modules: sum(t.numel() * t.element_size() for m in modules  # noqa: E731
-                               for t in [*m.parameters(), *m.buffers()])
-    streamed = blocks[len(blocks) - handle.block_swap:]
-    on_device = size([module]) - size(streamed) + 2 * max(size([b]) for b in streamed)
+    streamed = [mm.module_size(b) for b in blocks[len(blocks) - handle.block_swap:]]
+    on_device = mm.module_size(module) - sum(streamed) + 2 * max(streamed)
     mm.free_memory(on_device + memory_required, patcher.load_device)
     patcher.patch_model(device_to=patcher.offload_device)
     swap = BlockSwap(module, patcher.load_device, swapped=handle.block_swap)
