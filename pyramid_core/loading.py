@@ -58,6 +58,10 @@ def _unprefixed(name: str) -> str:
     return next((name[len(p):] for p in KNOWN_PREFIXES if name.startswith(p)), name)
 
 
+def _unreadable(path: Path, err: SafetensorError) -> ValueError:
+    return ValueError(f"{path} is not a readable .safetensors file ({err}); it may be truncated: download it again")
+
+
 def _read_safetensors(path: Path, dtype_for=None) -> dict[str, torch.Tensor]:
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
@@ -66,8 +70,7 @@ def _read_safetensors(path: Path, dtype_for=None) -> dict[str, torch.Tensor]:
             # Cast each tensor as it is read: the file's precision never exists in full.
             return {name: _cast(f.get_tensor(name), dtype_for(_unprefixed(name))) for name in f.keys()}
     except SafetensorError as err:
-        raise ValueError(f"{path} is not a readable .safetensors file ({err}); it may be truncated: "
-                         "download it again") from None
+        raise _unreadable(path, err) from None
 
 
 def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
@@ -143,8 +146,7 @@ def read_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
             with safe_open(str(file), framework="pt", device="cpu") as f:
                 shapes.update({name: tuple(f.get_slice(name).get_shape()) for name in f.keys()})
         except SafetensorError as err:
-            raise ValueError(f"{file} is not a readable .safetensors file ({err}); it may be truncated: "
-                             "download it again") from None
+            raise _unreadable(file, err) from None
     return _strip_prefix(shapes)
 
 
