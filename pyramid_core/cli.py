@@ -38,9 +38,9 @@ from typing import Optional, Sequence
 import torch
 
 from .compile import COMPILE_MODES, check_compile_available
-from .models.vae.budget import parse_tile_size
 from .distributed import DistInfo, cleanup, init_distributed, launch_world_size, report_launch_error
 from .generation import sampling_options, trim_to_vae_length
+from .models.vae.budget import parse_tile_size
 from .parallel import PARALLEL_MODES, ParallelGroups, make_groups, plan_parallel
 from .sampling import encode_text
 from .sampling.settings import SamplingSettings
