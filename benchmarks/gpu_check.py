@@ -275,16 +275,20 @@ def _full_dit():
     return model.to(torch.bfloat16).eval().requires_grad_(False)
 
 
-def _text():
+def random_text(dit, device="cuda"):
+    """Seeded random prompt embeddings (positive, negative) of the sizes ``dit`` takes (T5 4096
+    and CLIP 768 wide for the released DiTs), TEXT_TOKENS long with VALID_TEXT real tokens."""
     from pyramid_core.models.text_encoders import PromptEmbeddings
     from pyramid_core.sampling import TextConditioning
 
+    t5, clip = dit.config.joint_attention_dim, dit.config.pooled_projection_dim
+
     def one(seed):
-        g = torch.Generator(device="cuda").manual_seed(seed)
-        mask = torch.zeros(1, TEXT_TOKENS, dtype=torch.int64, device="cuda")
+        g = torch.Generator(device=device).manual_seed(seed)
+        mask = torch.zeros(1, TEXT_TOKENS, dtype=torch.int64, device=device)
         mask[:, :VALID_TEXT] = 1
-        return PromptEmbeddings(torch.randn(1, TEXT_TOKENS, 4096, generator=g, device="cuda", dtype=torch.bfloat16),
-                                mask, torch.randn(1, 768, generator=g, device="cuda", dtype=torch.bfloat16))
+        return PromptEmbeddings(torch.randn(1, TEXT_TOKENS, t5, generator=g, device=device, dtype=torch.bfloat16),
+                                mask, torch.randn(1, clip, generator=g, device=device, dtype=torch.bfloat16))
 
     return TextConditioning(one(1), one(2))
 
@@ -311,7 +315,7 @@ def _t2v(dit, resolution: str, attention: str, deadline: float) -> dict:
     complete = True
     try:
         with default_backend(attention):
-            text_to_video(dit, _text(), width=width, height=height, num_frames=1 + 8 * (frames - 1),
+            text_to_video(dit, random_text(dit), width=width, height=height, num_frames=1 + 8 * (frames - 1),
                           steps=[20, 20, 20], video_steps=[10, 10, 10], generator=torch.Generator().manual_seed(0),
                           callback=callback)
         _sync()

@@ -28,9 +28,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from gpu_check import random_text  # noqa: E402 -- beside this file
+
 # "tiny" is for checking the script on a CPU with tiny models (tests/test_gpu_check.py).
 RESOLUTIONS = {"384p": (640, 384), "768p": (1280, 768), "tiny": (128, 64)}
-TEXT_TOKENS, VALID_TEXT = 128, 40
 
 
 def _stages(text: str) -> list[int]:
@@ -51,23 +52,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="a VAE config (or a manifest holding released_config); default: the released one")
     parser.add_argument("--device", default="cuda", help="cuda (caps and peaks); cpu only checks that it runs")
     return parser.parse_args(argv)
-
-
-def _text(dit, device):
-    """Random prompt embeddings of the sizes ``dit`` takes (T5 4096, CLIP 768 for the released ones)."""
-    from pyramid_core.models.text_encoders import PromptEmbeddings
-    from pyramid_core.sampling import TextConditioning
-
-    t5, clip = dit.config.joint_attention_dim, dit.config.pooled_projection_dim
-
-    def one(seed):
-        g = torch.Generator(device=device).manual_seed(seed)
-        mask = torch.zeros(1, TEXT_TOKENS, dtype=torch.int64, device=device)
-        mask[:, :VALID_TEXT] = 1
-        return PromptEmbeddings(torch.randn(1, TEXT_TOKENS, t5, generator=g, device=device, dtype=torch.bfloat16),
-                                mask, torch.randn(1, clip, generator=g, device=device, dtype=torch.bfloat16))
-
-    return TextConditioning(one(1), one(2))
 
 
 def _sync(device: torch.device) -> None:
@@ -115,7 +99,7 @@ def main(argv=None) -> int:
             started = time.perf_counter()
             with torch.no_grad():
                 if phase == "sampling":
-                    latents = text_to_video(dit, _text(dit, device), width=width, height=height, variant=variant,
+                    latents = text_to_video(dit, random_text(dit, device), width=width, height=height, variant=variant,
                                             num_frames=frames_for_seconds(args.seconds), steps=args.steps,
                                             video_steps=args.video_steps, generator=torch.Generator().manual_seed(0))
                 else:
