@@ -266,6 +266,14 @@ def attention_speed(args) -> dict:
     return out
 
 
+def child_env() -> dict[str, str]:
+    """The environment of a child process: this one's, with the repository put first on
+    PYTHONPATH, ahead of (not instead of) what the caller had there (the GPU image brings
+    diffusers and av through PYTHONPATH)."""
+    path = os.environ.get("PYTHONPATH", "")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), path) if p)}
+
+
 def _full_dit():
     from pyramid_core.models import PyramidFluxTransformer
 
@@ -395,7 +403,7 @@ def model_load(args, deadline) -> dict:
         for storage in ("bf16", "fp8_e4m3fn"):
             started = time.perf_counter()
             done = subprocess.run([sys.executable, "-c", LOAD_SNIPPET, str(path), storage], cwd=ROOT,
-                                  capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                                  capture_output=True, text=True, env=child_env(),
                                   timeout=max(30, deadline - time.perf_counter()))
             entry = {"seconds": round(time.perf_counter() - started, 2)}
             if done.returncode == 0:
@@ -437,7 +445,7 @@ def memory_caps(args, deadline) -> dict:
                 command += ["--cap-gib", str(cap)]
             try:
                 done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=left,
-                                      env={**os.environ, "PYTHONPATH": str(ROOT)})
+                                      env=child_env())
             except subprocess.TimeoutExpired:
                 out[name] = {"error": "budget spent while running"}
                 continue

@@ -3,6 +3,7 @@ it measures at, and the report layout. (Its GPU figures come from a run on a len
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -78,3 +79,13 @@ def test_the_video_under_a_cap_runs_end_to_end_with_tiny_models(tmp_path):
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["complete"] and set(result["phase"]) == {"load", "sampling", "decode"}
     assert result["tile_size"] is None and result["predicted_whole_frame_gib"] > 0
+
+
+def test_child_processes_keep_the_callers_pythonpath(monkeypatch):
+    # The GPU image brings diffusers and av through PYTHONPATH: a child that replaced it
+    # could not import the models (issue 26).
+    monkeypatch.setenv("PYTHONPATH", "/opt/extra")
+    path = gpu_check.child_env()["PYTHONPATH"].split(os.pathsep)
+    assert path == [str(gpu_check.ROOT), "/opt/extra"]
+    monkeypatch.delenv("PYTHONPATH")
+    assert gpu_check.child_env()["PYTHONPATH"] == str(gpu_check.ROOT)
