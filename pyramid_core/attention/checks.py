@@ -22,16 +22,12 @@ Empty sequences (``cu_seqlens[b] == cu_seqlens[b + 1]``) are allowed.
 from __future__ import annotations
 
 import math
-import weakref
 
 import torch
 
-_VALIDATED_CU_SEQLENS: dict[int, tuple[weakref.ref, int, int]] = {}
-_CACHE_SIZE = 16
+from .plan import TensorMemo
 
-
-def _version(t: torch.Tensor) -> int:
-    return -1 if t.is_inference() else t._version
+_validated_cu_seqlens = TensorMemo()
 
 
 def _check_tensor(name: str, t) -> None:
@@ -72,14 +68,8 @@ def check_cu_seqlens(cu_seqlens: torch.Tensor, total_tokens: int, device: torch.
     if cu_seqlens.device != device:
         raise ValueError(f"cu_seqlens is on {cu_seqlens.device} but q is on {device}")
 
-    key = id(cu_seqlens)
-    cached = _VALIDATED_CU_SEQLENS.get(key)
-    if cached is not None and cached[0]() is cu_seqlens and cached[1:] == (_version(cu_seqlens), total_tokens):
-        return
-    _check_cu_seqlens_values(cu_seqlens, total_tokens)
-    if len(_VALIDATED_CU_SEQLENS) >= _CACHE_SIZE:
-        _VALIDATED_CU_SEQLENS.clear()
-    _VALIDATED_CU_SEQLENS[key] = (weakref.ref(cu_seqlens), _version(cu_seqlens), total_tokens)
+    # Only a passing check is remembered: a failing one raises before get() stores anything.
+    _validated_cu_seqlens.get((cu_seqlens,), total_tokens, lambda: _check_cu_seqlens_values(cu_seqlens, total_tokens))
 
 
 def _check_cu_seqlens_values(cu_seqlens: torch.Tensor, total_tokens: int) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .plan import _runs, pack_plan
+
 
 def attention(
     q: torch.Tensor,
@@ -39,11 +41,8 @@ def frame_blocks(frame_ids: torch.Tensor) -> list[int] | None:
     With non-decreasing ids the frame-causal mask is block lower-triangular: the queries of
     run ``r`` see exactly the keys before that run's end.
     """
-    ids = frame_ids.cpu()
-    if ids.numel() > 1 and bool((ids[1:] < ids[:-1]).any()):
-        return None
-    _, counts = torch.unique_consecutive(ids, return_counts=True)
-    return counts.cumsum(0).tolist()
+    runs = _runs(frame_ids.cpu())
+    return None if runs is None else list(runs)
 
 
 def _attend_masked(qs, ks, vs, frame_ids, scale, gqa) -> torch.Tensor:
@@ -82,17 +81,20 @@ def varlen_attention_sdpa(
     key prefix (:func:`frame_blocks`; the models' ids never decrease within a sequence: text
     at 0, then the history clips, the noisy clip last). Ids that do decrease, or
     ``block_causal=False``, use one call with the dense boolean mask instead. Reads
-    ``cu_seqlens`` (and ``frame_ids``) on the host: one sync each on CUDA. Grouped-query
-    heads use SDPA's ``enable_gqa``.
+    ``cu_seqlens`` and ``frame_ids`` on the host once per tensor object
+    (:func:`~pyramid_core.attention.plan.pack_plan`): a model that passes the same index
+    tensors to every layer synchronises once, not once per layer. Grouped-query heads use
+    SDPA's ``enable_gqa``.
     """
     out = torch.empty_like(q)
     gqa = k.shape[1] != q.shape[1]
-    bounds = cu_seqlens.tolist()
-    for start, end in zip(bounds[:-1], bounds[1:]):
+    plan = pack_plan(cu_seqlens, frame_ids)
+    bounds = plan.bounds
+    for b, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
         if end == start:
             continue
         qs, ks, vs = (t[start:end].transpose(0, 1)[None] for t in (q, k, v))  # (1, H, L, D)
-        ends = frame_blocks(frame_ids[start:end]) if frame_ids is not None and block_causal else None
+        ends = plan.frame_runs[b] if frame_ids is not None and block_causal else None
         if ends is not None and len(ends) > 1:
             # contiguous heads once, so no block call copies its key prefix again
             qs, ks, vs = (t.contiguous() for t in (qs, ks, vs))
