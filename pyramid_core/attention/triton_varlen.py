@@ -39,7 +39,8 @@ Limits:
   * Deterministic: the backward has no atomics (dK/dV per key tile loop over the query tiles,
     and over the query heads of a GQA group; dQ is a separate kernel).
   * Autotuning (CUDA only) is keyed on a power-of-two bucket of the mean sequence length, the
-    padded head_dim and the mask switch; tensor dtypes are added to the key by Triton. The
+    padded head_dim and the mask switches; tensor dtypes are added to the key by Triton. Its
+    results are kept in Triton's cache dir for the next process. The
     configuration lists were chosen for sm_80 (A100: 164 KB shared memory, 255 registers per
     thread) from offline register/spill reports (``python -m pyramid_core.attention.aot``) and
     also compile for sm_90 (wgmma); a keep-filter drops the ones that spill for a head_dim.
@@ -69,6 +70,7 @@ import triton
 import triton.language as tl
 
 from . import selfcheck
+from .plan import pack_plan
 from .sdpa import varlen_attention_sdpa
 
 LOG2E = 1.4426950408889634
@@ -146,6 +148,25 @@ def _frame_range(frames, rows_in):
     return lo, hi
 
 
+@triton.jit
+def _count_frames(frames, seq_len, value, INCLUSIVE: tl.constexpr):
+    """How many of the sequence's ``seq_len`` frame ids (non-decreasing, at ``frames``) are
+    ``<= value`` (``INCLUSIVE``) or ``< value``: a binary search, ~log2(seq_len) scalar loads
+    per program."""
+    lo = seq_len * 0
+    hi = seq_len
+    while lo < hi:
+        mid = (lo + hi) // 2
+        frame = tl.load(frames + mid)
+        if INCLUSIVE:
+            below = frame <= value
+        else:
+            below = frame < value
+        lo = tl.where(below, mid + 1, lo)
+        hi = tl.where(below, hi, mid)
+    return lo
+
+
 # =============================================================================================
 # Forward
 # =============================================================================================
@@ -204,7 +225,7 @@ def _varlen_fwd_kernel(
     stride_ot, stride_oh, stride_lse_h,
     seq_bucket,  # autotuning key only
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    FRAME_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    FRAME_MASK: tl.constexpr, SORTED_FRAMES: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     seq_start, seq_len, row0 = _locate_tile(CU_SEQLENS, num_seqs, tl.program_id(0), BLOCK_M)
@@ -239,22 +260,45 @@ def _varlen_fwd_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    # Key tiles that lie inside the sequence need no bounds checks; the ragged last one does.
-    n_full = (seq_len // BLOCK_N) * BLOCK_N
-    for start_n in range(0, n_full, BLOCK_N):
-        acc, l_i, m_i = _fwd_tile(
-            acc, l_i, m_i, q, fq, q_fmin, q_fmax,
-            k_ptrs + start_n * stride_kt, v_ptrs + start_n * stride_vt, fk_ptr,
-            start_n, seq_len, offs_n, d_in, qk_scale,
-            False, FRAME_MASK, EVEN_D, DOT_PRECISION,
-        )
-    if n_full < seq_len:
-        acc, l_i, m_i = _fwd_tile(
-            acc, l_i, m_i, q, fq, q_fmin, q_fmax,
-            k_ptrs + n_full * stride_kt, v_ptrs + n_full * stride_vt, fk_ptr,
-            n_full, seq_len, offs_n, d_in, qk_scale,
-            True, FRAME_MASK, EVEN_D, DOT_PRECISION,
-        )
+    if SORTED_FRAMES:
+        # Sorted ids: the keys every row of this tile sees form a prefix (frames <= q_fmin),
+        # and no row sees a key past the last frame <= q_fmax. The prefix's whole tiles run as
+        # unmasked tiles (no frame-id loads in the loop, so Triton pipelines their K/V loads
+        # like the mask-free kernel's); only the band up to the visible end is masked, and the
+        # future is never visited.
+        n_open = (_count_frames(fk_ptr, seq_len, q_fmin, True) // BLOCK_N) * BLOCK_N
+        n_end = _count_frames(fk_ptr, seq_len, q_fmax, True)
+        for start_n in range(0, n_open, BLOCK_N):
+            acc, l_i, m_i = _fwd_tile(
+                acc, l_i, m_i, q, fq, q_fmin, q_fmax,
+                k_ptrs + start_n * stride_kt, v_ptrs + start_n * stride_vt, fk_ptr,
+                start_n, seq_len, offs_n, d_in, qk_scale,
+                False, False, EVEN_D, DOT_PRECISION,
+            )
+        for start_n in range(n_open, n_end, BLOCK_N):
+            acc, l_i, m_i = _fwd_tile(
+                acc, l_i, m_i, q, fq, q_fmin, q_fmax,
+                k_ptrs + start_n * stride_kt, v_ptrs + start_n * stride_vt, fk_ptr,
+                start_n, seq_len, offs_n, d_in, qk_scale,
+                True, True, EVEN_D, DOT_PRECISION,
+            )
+    else:
+        # Key tiles that lie inside the sequence need no bounds checks; the ragged last one does.
+        n_full = (seq_len // BLOCK_N) * BLOCK_N
+        for start_n in range(0, n_full, BLOCK_N):
+            acc, l_i, m_i = _fwd_tile(
+                acc, l_i, m_i, q, fq, q_fmin, q_fmax,
+                k_ptrs + start_n * stride_kt, v_ptrs + start_n * stride_vt, fk_ptr,
+                start_n, seq_len, offs_n, d_in, qk_scale,
+                False, FRAME_MASK, EVEN_D, DOT_PRECISION,
+            )
+        if n_full < seq_len:
+            acc, l_i, m_i = _fwd_tile(
+                acc, l_i, m_i, q, fq, q_fmin, q_fmax,
+                k_ptrs + n_full * stride_kt, v_ptrs + n_full * stride_vt, fk_ptr,
+                n_full, seq_len, offs_n, d_in, qk_scale,
+                True, FRAME_MASK, EVEN_D, DOT_PRECISION,
+            )
 
     # Every valid row sees at least itself, so l_i > 0 there; padding rows are not stored.
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -344,7 +388,7 @@ def _varlen_bwd_dkdv_kernel(
     stride_dot, stride_doh, stride_dkt, stride_dkh, stride_dvt, stride_dvh, stride_lse_h,
     seq_bucket,  # autotuning key only
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    FRAME_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    FRAME_MASK: tl.constexpr, SORTED_FRAMES: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """dK, dV for one key tile of one K/V head, summed over the query heads of its group."""
@@ -383,20 +427,48 @@ def _varlen_bwd_dkdv_kernel(
         do_ptrs = DO + base * stride_dot + off_h * stride_doh + offs_m[:, None] * stride_dot + offs_d[None, :]
         lse_ptr = LSE + off_h * stride_lse_h + base
         delta_ptr = DELTA + off_h * stride_lse_h + base
-        for start_m in range(0, m_full, BLOCK_M):
-            dk, dv = _bwd_dkdv_tile(
-                dk, dv, k, v, fk, k_fmin, k_fmax,
-                q_ptrs + start_m * stride_qt, do_ptrs + start_m * stride_dot, lse_ptr, delta_ptr, fq_ptr,
-                start_m, seq_len, offs_m, d_in, qk_scale,
-                False, FRAME_MASK, EVEN_D, DOT_PRECISION,
-            )
-        if m_full < seq_len:
-            dk, dv = _bwd_dkdv_tile(
-                dk, dv, k, v, fk, k_fmin, k_fmax,
-                q_ptrs + m_full * stride_qt, do_ptrs + m_full * stride_dot, lse_ptr, delta_ptr, fq_ptr,
-                m_full, seq_len, offs_m, d_in, qk_scale,
-                True, FRAME_MASK, EVEN_D, DOT_PRECISION,
-            )
+        if SORTED_FRAMES:
+            # Sorted ids (see the forward): query rows before the first frame >= k_fmin see
+            # nothing of this key tile and are never visited; rows from the first frame >=
+            # k_fmax on see all of it and run unmasked; the band between is masked.
+            m_vis = (_count_frames(fq_ptr, seq_len, k_fmin, False) // BLOCK_M) * BLOCK_M
+            m_open = tl.cdiv(_count_frames(fq_ptr, seq_len, k_fmax, False), BLOCK_M) * BLOCK_M
+            for start_m in range(m_vis, tl.minimum(m_open, seq_len), BLOCK_M):
+                dk, dv = _bwd_dkdv_tile(
+                    dk, dv, k, v, fk, k_fmin, k_fmax,
+                    q_ptrs + start_m * stride_qt, do_ptrs + start_m * stride_dot, lse_ptr, delta_ptr, fq_ptr,
+                    start_m, seq_len, offs_m, d_in, qk_scale,
+                    True, True, EVEN_D, DOT_PRECISION,
+                )
+            for start_m in range(m_open, m_full, BLOCK_M):
+                dk, dv = _bwd_dkdv_tile(
+                    dk, dv, k, v, fk, k_fmin, k_fmax,
+                    q_ptrs + start_m * stride_qt, do_ptrs + start_m * stride_dot, lse_ptr, delta_ptr, fq_ptr,
+                    start_m, seq_len, offs_m, d_in, qk_scale,
+                    False, False, EVEN_D, DOT_PRECISION,
+                )
+            if (m_full < seq_len) & (m_open <= m_full):   # the ragged last tile, all rows open
+                dk, dv = _bwd_dkdv_tile(
+                    dk, dv, k, v, fk, k_fmin, k_fmax,
+                    q_ptrs + m_full * stride_qt, do_ptrs + m_full * stride_dot, lse_ptr, delta_ptr, fq_ptr,
+                    m_full, seq_len, offs_m, d_in, qk_scale,
+                    True, False, EVEN_D, DOT_PRECISION,
+                )
+        else:
+            for start_m in range(0, m_full, BLOCK_M):
+                dk, dv = _bwd_dkdv_tile(
+                    dk, dv, k, v, fk, k_fmin, k_fmax,
+                    q_ptrs + start_m * stride_qt, do_ptrs + start_m * stride_dot, lse_ptr, delta_ptr, fq_ptr,
+                    start_m, seq_len, offs_m, d_in, qk_scale,
+                    False, FRAME_MASK, EVEN_D, DOT_PRECISION,
+                )
+            if m_full < seq_len:
+                dk, dv = _bwd_dkdv_tile(
+                    dk, dv, k, v, fk, k_fmin, k_fmax,
+                    q_ptrs + m_full * stride_qt, do_ptrs + m_full * stride_dot, lse_ptr, delta_ptr, fq_ptr,
+                    m_full, seq_len, offs_m, d_in, qk_scale,
+                    True, FRAME_MASK, EVEN_D, DOT_PRECISION,
+                )
 
     st_mask = n_in[:, None] & d_in[None, :]
     dk_ptrs = DK + base * stride_dkt + off_hk * stride_dkh + offs_n[:, None] * stride_dkt + offs_d[None, :]
@@ -455,7 +527,7 @@ def _varlen_bwd_dq_kernel(
     stride_dot, stride_doh, stride_dqt, stride_dqh, stride_lse_h,
     seq_bucket,  # autotuning key only
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    FRAME_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    FRAME_MASK: tl.constexpr, SORTED_FRAMES: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """dQ for one query tile of one query head."""
@@ -491,21 +563,39 @@ def _varlen_bwd_dq_kernel(
         q_fmax = 0
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    n_full = (seq_len // BLOCK_N) * BLOCK_N
-    for start_n in range(0, n_full, BLOCK_N):
-        dq = _bwd_dq_tile(
-            dq, q, do, lse, delta, fq, q_fmin, q_fmax,
-            k_ptrs + start_n * stride_kt, v_ptrs + start_n * stride_vt, fk_ptr,
-            start_n, seq_len, offs_n, d_in, qk_scale,
-            False, FRAME_MASK, EVEN_D, DOT_PRECISION,
-        )
-    if n_full < seq_len:
-        dq = _bwd_dq_tile(
-            dq, q, do, lse, delta, fq, q_fmin, q_fmax,
-            k_ptrs + n_full * stride_kt, v_ptrs + n_full * stride_vt, fk_ptr,
-            n_full, seq_len, offs_n, d_in, qk_scale,
-            True, FRAME_MASK, EVEN_D, DOT_PRECISION,
-        )
+    if SORTED_FRAMES:   # the forward's prefix / band split
+        n_open = (_count_frames(fk_ptr, seq_len, q_fmin, True) // BLOCK_N) * BLOCK_N
+        n_end = _count_frames(fk_ptr, seq_len, q_fmax, True)
+        for start_n in range(0, n_open, BLOCK_N):
+            dq = _bwd_dq_tile(
+                dq, q, do, lse, delta, fq, q_fmin, q_fmax,
+                k_ptrs + start_n * stride_kt, v_ptrs + start_n * stride_vt, fk_ptr,
+                start_n, seq_len, offs_n, d_in, qk_scale,
+                False, False, EVEN_D, DOT_PRECISION,
+            )
+        for start_n in range(n_open, n_end, BLOCK_N):
+            dq = _bwd_dq_tile(
+                dq, q, do, lse, delta, fq, q_fmin, q_fmax,
+                k_ptrs + start_n * stride_kt, v_ptrs + start_n * stride_vt, fk_ptr,
+                start_n, seq_len, offs_n, d_in, qk_scale,
+                True, True, EVEN_D, DOT_PRECISION,
+            )
+    else:
+        n_full = (seq_len // BLOCK_N) * BLOCK_N
+        for start_n in range(0, n_full, BLOCK_N):
+            dq = _bwd_dq_tile(
+                dq, q, do, lse, delta, fq, q_fmin, q_fmax,
+                k_ptrs + start_n * stride_kt, v_ptrs + start_n * stride_vt, fk_ptr,
+                start_n, seq_len, offs_n, d_in, qk_scale,
+                False, FRAME_MASK, EVEN_D, DOT_PRECISION,
+            )
+        if n_full < seq_len:
+            dq = _bwd_dq_tile(
+                dq, q, do, lse, delta, fq, q_fmin, q_fmax,
+                k_ptrs + n_full * stride_kt, v_ptrs + n_full * stride_vt, fk_ptr,
+                n_full, seq_len, offs_n, d_in, qk_scale,
+                True, FRAME_MASK, EVEN_D, DOT_PRECISION,
+            )
     dq_ptrs = DQ + base * stride_dqt + off_h * stride_dqh + offs_m[:, None] * stride_dqt + offs_d[None, :]
     tl.store(dq_ptrs, (dq * sm_scale).to(DQ.dtype.element_ty), mask=m_in[:, None] & d_in[None, :])
 
@@ -529,7 +619,15 @@ FWD_CONFIGS = [
     _cfg(64, 64, 4, 3),
     _cfg(64, 64, 8, 3),
     _cfg(64, 32, 4, 3),
+    # Hopper (sm_90: 227 KB shared memory, wgmma): larger key tiles and deeper pipelines.
+    _cfg(128, 128, 8, 3),
+    _cfg(128, 128, 8, 4),
+    _cfg(128, 64, 8, 4),
+    _cfg(128, 64, 4, 4),
+    _cfg(64, 128, 4, 3),
 ]
+# (BLOCK_M, BLOCK_N, warps, stages) of the forward configs tried on sm_90 and newer only.
+HOPPER_FWD = {(128, 128, 8, 3), (128, 128, 8, 4), (128, 64, 8, 4), (128, 64, 4, 4), (64, 128, 4, 3)}
 # dK/dV: BLOCK_N is the key tile held for the whole program, BLOCK_M the query tile streamed.
 BWD_DKDV_CONFIGS = [
     _cfg(32, 64, 4, 2),
@@ -546,8 +644,9 @@ BWD_DQ_CONFIGS = [
 ]
 
 
-def keep_config(kernel: str, config: triton.Config, block_d: int) -> bool:
-    """Whether ``config`` stays a candidate for ``kernel`` ("fwd", "dkdv", "dq") at ``block_d``.
+def keep_config(kernel: str, config: triton.Config, block_d: int, frame_mask: bool = True, arch: int = 80) -> bool:
+    """Whether ``config`` stays a candidate for ``kernel`` ("fwd", "dkdv", "dq") at ``block_d``,
+    with or without the frame mask, on a GPU of compute capability ``arch`` (80 for 8.0).
 
     From the sm_80 register reports (bf16, frame mask, triton 3.9, 2025-11), every kept
     config compiles without spills; the dropped ones spill (or waste warps):
@@ -562,8 +661,17 @@ def keep_config(kernel: str, config: triton.Config, block_d: int) -> bool:
     """
     bm, bn, warps = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], config.num_warps
     if kernel == "fwd":
+        if (bm, bn, warps, config.num_stages) in HOPPER_FWD or (arch >= 90 and (bm, bn, warps) == (128, 64, 4)):
+            # sm_90 reports (triton 3.9, 2026-12): none of these spills at head_dim 64 (117-244
+            # registers); at 128 the 4-warp ones spill 16-976 B and 128x128 at 4 stages needs
+            # 288 KB of shared memory.
+            if arch < 90:
+                return False
+            return block_d <= 64 or (warps == 8 and (bm, bn, config.num_stages) != (128, 128, 4))
         if block_d > 64:
-            return warps == 8 and bn <= 64
+            # the frame-masked 128x64 tile spills 8 B on sm_80 since the sorted-frames fast
+            # path gave the masked kernel its pipelined loop; sm_90's wgmma fits it (224 regs)
+            return warps == 8 and bn <= 64 and not (frame_mask and bm == 128 and arch < 90)
         return warps == (8 if bm == 128 else 4)
     if kernel == "dkdv":
         if block_d > 64:
@@ -578,20 +686,27 @@ def keep_config(kernel: str, config: triton.Config, block_d: int) -> bool:
 
 def _pruner(kernel: str):
     def prune(configs, named_args, **kwargs):
-        block_d = {**named_args, **kwargs}["BLOCK_D"]
-        kept = [c for c in configs if keep_config(kernel, c, block_d)]
+        args = {**named_args, **kwargs}
+        major, minor = torch.cuda.get_device_capability(args["Q"].device)
+        kept = [c for c in configs if keep_config(kernel, c, args["BLOCK_D"], args["FRAME_MASK"], major * 10 + minor)]
         return kept or configs[:1]
 
     return prune
 
 
-_AUTOTUNE_KEY = ["seq_bucket", "BLOCK_D", "FRAME_MASK", "GROUP"]
-_fwd_autotuned = triton.autotune(FWD_CONFIGS, key=_AUTOTUNE_KEY,
-                                 prune_configs_by={"early_config_prune": _pruner("fwd")})(_varlen_fwd_kernel)
-_dkdv_autotuned = triton.autotune(BWD_DKDV_CONFIGS, key=_AUTOTUNE_KEY,
-                                  prune_configs_by={"early_config_prune": _pruner("dkdv")})(_varlen_bwd_dkdv_kernel)
-_dq_autotuned = triton.autotune(BWD_DQ_CONFIGS, key=_AUTOTUNE_KEY,
-                                prune_configs_by={"early_config_prune": _pruner("dq")})(_varlen_bwd_dq_kernel)
+_AUTOTUNE_KEY = ["seq_bucket", "BLOCK_D", "FRAME_MASK", "SORTED_FRAMES", "GROUP"]
+
+
+def _autotuned(kernel_fn, configs, name: str):
+    # cache_results: the winning config is kept in Triton's cache dir, so the next process on
+    # this machine skips the benchmark (``python -m pyramid_core cache --clear`` removes it).
+    return triton.autotune(configs, key=_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _pruner(name)},
+                           cache_results=True)(kernel_fn)
+
+
+_fwd_autotuned = _autotuned(_varlen_fwd_kernel, FWD_CONFIGS, "fwd")
+_dkdv_autotuned = _autotuned(_varlen_bwd_dkdv_kernel, BWD_DKDV_CONFIGS, "dkdv")
+_dq_autotuned = _autotuned(_varlen_bwd_dq_kernel, BWD_DQ_CONFIGS, "dq")
 
 # Fixed tiles for the interpreter (small tiles keep CPU tests fast) and for forced configs.
 INTERPRETER_CONFIG = {"BLOCK_M": 32, "BLOCK_N": 32, "num_warps": 4, "num_stages": 1}
@@ -651,6 +766,13 @@ def _index_args(q, cu_seqlens, frame_ids):
     return frame_ids
 
 
+def _sorted_frames(cu_seqlens, frame_ids) -> bool:
+    """Whether the frame ids never decrease within a sequence, read on the host once per
+    tensor object (:func:`~pyramid_core.attention.plan.pack_plan`): the models build their
+    ids once per stage, so this costs one synchronisation per stage, not per layer."""
+    return frame_ids is not None and pack_plan(cu_seqlens, frame_ids).frames_sorted
+
+
 def varlen_fwd(q, k, v, cu_seqlens, frame_ids, scale, config=None):
     """Forward launcher. Returns ``out (total, H, D)`` and ``lse (H, total)`` (fp32, base 2)."""
     total, heads, head_dim = q.shape
@@ -666,7 +788,8 @@ def varlen_fwd(q, k, v, cu_seqlens, frame_ids, scale, config=None):
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
             out.stride(0), out.stride(1), lse.stride(0), _seq_bucket(total, num_seqs))
     meta = dict(GROUP=heads // k.shape[1], HEAD_DIM=head_dim, BLOCK_D=padded_head_dim(head_dim),
-                FRAME_MASK=frame_ids is not None, DOT_PRECISION=_dot_precision(q.dtype))
+                FRAME_MASK=frame_ids is not None, SORTED_FRAMES=_sorted_frames(cu_seqlens, frame_ids),
+                DOT_PRECISION=_dot_precision(q.dtype))
     _launch(_fwd_autotuned, grid, args, meta, config)
     return out, lse
 
@@ -691,7 +814,8 @@ def varlen_bwd(do, q, k, v, out, lse, cu_seqlens, frame_ids, scale, config=None)
     )
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     meta = dict(GROUP=heads // kv_heads, HEAD_DIM=head_dim, BLOCK_D=block_d,
-                FRAME_MASK=frame_ids is not None, DOT_PRECISION=_dot_precision(q.dtype))
+                FRAME_MASK=frame_ids is not None, SORTED_FRAMES=_sorted_frames(cu_seqlens, frame_ids),
+                DOT_PRECISION=_dot_precision(q.dtype))
     common = (scale * LOG2E, scale, num_seqs,
               q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
               do.stride(0), do.stride(1))

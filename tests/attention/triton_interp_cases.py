@@ -16,6 +16,9 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
+# The kernels themselves are under test: with the self-check on, a wrong backward would fail
+# its check and quietly hand back SDPA's gradients. The self-check tests switch it on.
+os.environ["PYRAMID_ATTENTION_SELFCHECK"] = "0"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -88,6 +91,28 @@ def test_frame_mask_unsorted_frame_ids():
     q, k, v, cu = _inputs(lengths, 2, 2, 64, torch.float32)
     frames = torch.randint(0, 4, (sum(lengths),), generator=torch.Generator().manual_seed(3)).to(torch.int32)
     _check(q, k, v, cu, frames)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("config", [
+    {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 4, "num_stages": 1},
+    {"BLOCK_M": 32, "BLOCK_N": 16, "num_warps": 4, "num_stages": 1},
+])
+def test_sorted_frames_fast_path_with_runs_shorter_and_longer_than_tiles(seed, config):
+    # Sorted ids take the kernels' fast path (unmasked prefix, masked band, future skipped):
+    # runs of 1-70 tokens put frame edges anywhere relative to the tiles, and ids may skip
+    # values or start above 0.
+    g = torch.Generator().manual_seed(seed)
+    lengths = [int(n) for n in torch.randint(20, 160, (3,), generator=g)]
+    frames = []
+    for n in lengths:
+        runs = torch.randint(1, 70, (n,), generator=g)
+        ids = torch.repeat_interleave(torch.arange(n) * int(torch.randint(1, 3, (), generator=g)), runs)[:n]
+        frames.append(ids + int(torch.randint(0, 2, (), generator=g)))
+    frames = torch.cat(frames).to(torch.int32)
+    q, k, v, cu = _inputs(lengths, 2, 1, 64, torch.float32, seed=seed)
+    assert tv._sorted_frames(cu, frames)
+    _check(q, k, v, cu, frames, run=lambda q, k, v: tv.varlen_attention_triton(q, k, v, cu, frames, config=config))
 
 
 def test_token_causal_via_frame_ids():
