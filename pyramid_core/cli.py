@@ -426,6 +426,27 @@ def _add_generation_options(parser: argparse.ArgumentParser, batch: bool) -> Non
                                "0 (whole frames) or pixels (e.g. 512)")
 
 
+def show_cache(clear: bool) -> str:
+    """``python -m pyramid_core cache``: the cache file, what it holds per GPU, Triton's autotune
+    entries of our kernels; with ``clear`` they are deleted and listed."""
+    from .attention import disk_cache
+
+    if clear:
+        removed = disk_cache.clear()
+        return "\n".join(["removed:", *(f"  {p}" for p in removed)]) if removed else "nothing to remove"
+    lines = [f"attention cache: {disk_cache.shared.path}"
+             + ("" if disk_cache.shared.path.is_file() else " (empty)")]
+    for machine, sections in disk_cache.shared.entries().items():
+        lines.append(f"  {machine}")
+        for section, entries in sections.items():
+            for key, value in entries.items():
+                lines.append(f"    {section}: {key} -> {value}")
+    autotune = disk_cache.triton_autotune_files()
+    lines.append(f"Triton autotune results of our kernels: {len(autotune)} file(s)"
+                 + (f" under {autotune[0].parent.parent}" if autotune else ""))
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pyramid_core", description="Pyramid Flow video generation")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -454,6 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     commands.add_parser("doctor", help="versions, devices, attention backends and recommended settings "
                                        "(what a bug report needs)", add_help=False)
+    cache = commands.add_parser("cache", help="where the attention choices, self-check verdicts and kernel "
+                                              "autotuning of this machine are kept; --clear forgets them")
+    cache.add_argument("--clear", action="store_true", help="delete them (the next run measures again)")
     for name, (_, help_text) in TRAINING_TOOLS.items():
         commands.add_parser(name, help=help_text, add_help=False)
     return parser
@@ -470,6 +494,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         return getattr(training_cli, TRAINING_TOOLS[argv[0]][0])(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.command == "cache":
+        print(show_cache(args.clear))
+        return 0
     if args.command == "fit-preview":
         try:
             print(fit_preview(args))

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .attention import BACKENDS, available_backends, varlen_attention
+from .attention import BACKENDS, available_backends, disk_cache, varlen_attention
 from .attention.selfcheck import verify
 from .loading import computes_bf16
 from .sizes import free_host_memory
@@ -174,6 +174,7 @@ def collect() -> dict:
         "attention": {d.name: attention_report(d) for d in found if d.name != "mps"},
         "recommended": {d.name: recommendations(d) for d in found},
         "attention_backends": list(BACKENDS),
+        "attention_cache": str(disk_cache.shared.path),
     }
 
 
@@ -190,6 +191,8 @@ def format_report(report: dict) -> str:
     for name, backends in report["attention"].items():
         lines += ["", f"attention on {name}:"]
         lines += [f"  {backend:10s} {status}" for backend, status in backends.items()]
+    lines += ["", f"attention choices and kernel checks of this GPU are kept in {report['attention_cache']}",
+              "  (python -m pyramid_core cache shows them, --clear forgets them)"]
     for name, advice in report["recommended"].items():
         lines += ["", f"recommended on {name}:"]
         lines += [f"  {key:10s} {value}" for key, value in advice.items()]

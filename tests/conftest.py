@@ -8,7 +8,9 @@ test that used it fails, the server log is attached to the report.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO_ROOT / "tests" / "_artifacts"
 sys.path.insert(0, str(REPO_ROOT / "scripts"))  # comfyui_harness
 sys.path.insert(0, str(REPO_ROOT / "tests"))  # shared test helpers (golden_utils, ...)
+
+# Nothing a test runs writes to the user's own cache (attention choices, self-check verdicts).
+os.environ["PYRAMID_CACHE_DIR"] = tempfile.mkdtemp(prefix="pyramid-test-cache-")
 
 from comfyui_harness import ComfyUIError, ComfyUIServer  # noqa: E402
 from support import require  # noqa: E402

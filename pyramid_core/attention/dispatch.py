@@ -8,7 +8,10 @@ Backends (all with the same semantics; :mod:`.checks` validates once for all of 
   process runs Triton's interpreter (``TRITON_INTERPRET=1`` set before first use).
 * ``"flash_attn"``: ``flash_attn_varlen_func``, when installed; mask-free calls only.
 * ``"sage"``: ``sageattn_varlen`` (SageAttention), when installed; mask-free inference only.
-* ``"auto"``: the process default (below); if that is ``"auto"`` too: ``"triton"`` for CUDA
+* ``"auto"``: the process default (below); if that is ``"auto"`` too, on CUDA the fastest of
+  the backends that can serve the call, timed once per kind of call and machine and
+  remembered on disk (:mod:`.chooser`, :mod:`.disk_cache`); ``"sdpa"`` off CUDA.
+  :func:`resolve_backend` reports the choice made without timing: ``"triton"`` for CUDA
   fp16/bf16 tensors with head_dim <= 128 on sm_80 or newer, ``"sdpa"`` otherwise.
 
 Choosing a backend:
@@ -36,7 +39,7 @@ import os
 
 import torch
 
-from . import checks, external, selfcheck
+from . import checks, chooser, disk_cache, external, selfcheck
 from .sdpa import varlen_attention_sdpa
 
 BACKENDS = ("auto", "sdpa", "triton", "flash_attn", "sage")
@@ -146,11 +149,67 @@ def _call_reason(name: str, q: torch.Tensor, frame_ids) -> str | None:
     raise AssertionError(name)
 
 
-def _auto_choice(q: torch.Tensor) -> str:
-    fast = (q.device.type == "cuda" and torch.version.hip is None
+def _triton_fits(q: torch.Tensor) -> bool:
+    """Our kernels are a candidate: CUDA fp16/bf16 on sm_80 or newer (what they are tuned for)."""
+    return (q.device.type == "cuda" and torch.version.hip is None
             and q.dtype in (torch.float16, torch.bfloat16)
-            and torch.cuda.get_device_capability(q.device) >= (8, 0))
-    return "triton" if fast and _triton_reason(q) is None else "sdpa"
+            and torch.cuda.get_device_capability(q.device) >= (8, 0)
+            and _triton_reason(q) is None)
+
+
+def _auto_choice(q: torch.Tensor) -> str:
+    """The choice made without timing: our kernels where they fit, SDPA elsewhere."""
+    return "triton" if _triton_fits(q) else "sdpa"
+
+
+def _candidates(q: torch.Tensor, frame_ids) -> list[str]:
+    """The backends ``auto`` times for a CUDA call (none off CUDA: SDPA is the only choice)."""
+    if q.device.type != "cuda" or torch.version.hip is not None:
+        return []
+    names = ["triton"] if _triton_fits(q) else []
+    names.append("sdpa")
+    if _installed_reason("flash_attn") is None and external.flash_attn_unavailable_reason(q, frame_ids) is None:
+        names.append("flash_attn")
+    return names
+
+
+def _fastest(q, k, v, cu_seqlens, frame_ids, scale) -> str:
+    """``auto``'s backend for this call: the measured fastest on this machine
+    (:mod:`.chooser`), or :func:`_auto_choice` where nothing can be timed."""
+    names = _candidates(q, frame_ids)
+    if len(names) < 2 or (q.device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+        return _auto_choice(q)
+    training = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    kind = chooser.CallKind.of(q, k, cu_seqlens, frame_ids, training)
+    machine = disk_cache.machine_key(q.device)
+    known = chooser.shared.known(machine, kind)
+    if known in names:
+        return known
+    if "triton" in names:
+        triton_attention = _triton_module().varlen_attention_triton
+        passed = selfcheck.forward_ok(triton_attention, q, frame_ids) and (
+            not training or selfcheck.backward_ok(triton_attention, q, frame_ids))
+        if not passed:
+            names.remove("triton")
+    runs = {name: _timing_run(name, q, k, v, cu_seqlens, frame_ids, scale, training) for name in names}
+    return chooser.shared.choose(machine, kind, runs, q.device)
+
+
+def _timing_run(name: str, q, k, v, cu_seqlens, frame_ids, scale, training: bool):
+    """A call of ``name`` on copies of the caller's inputs, with a backward when training."""
+    if not training:
+        def run():
+            with torch.no_grad():
+                return _run(name, q, k, v, cu_seqlens, frame_ids, scale)
+        return run
+
+    inputs = [t.detach().requires_grad_() for t in (q, k, v)]
+
+    def run_with_backward():
+        with torch.enable_grad():
+            out = _run(name, *inputs, cu_seqlens, frame_ids, scale)
+            out.backward(torch.ones_like(out))
+    return run_with_backward
 
 
 def available_backends(q: torch.Tensor | None = None, frame_ids=None) -> dict[str, str | None]:
@@ -226,7 +285,10 @@ def varlen_attention(
             reason an explicitly requested backend cannot run the call.
     """
     checks.check_varlen_args(q, k, v, cu_seqlens, frame_ids, scale)
-    name = resolve_backend(backend, q, frame_ids)
+    if backend == "auto" and get_default_backend() == "auto":
+        name = _fastest(q, k, v, cu_seqlens, frame_ids, scale)
+    else:
+        name = resolve_backend(backend, q, frame_ids)
     if name == "triton":
         triton_attention = _triton_module().varlen_attention_triton
         if selfcheck.forward_ok(triton_attention, q, frame_ids):
@@ -234,6 +296,14 @@ def varlen_attention(
         if backend == "triton":                      # asked for by name: say so instead of falling back
             raise ValueError("attention backend 'triton' failed its self-check for this kind of call on this "
                              "machine (see the warning above); use backend='sdpa' or 'auto'")
+        name = "sdpa"
+    return _run(name, q, k, v, cu_seqlens, frame_ids, scale)
+
+
+def _run(name: str, q, k, v, cu_seqlens, frame_ids, scale) -> torch.Tensor:
+    """One call on the named backend (its checks and choice already made)."""
+    if name == "triton":
+        return _triton_module().varlen_attention_triton(q, k, v, cu_seqlens, frame_ids, scale)
     if name == "flash_attn":
         return external.varlen_attention_flash_attn(q, k, v, cu_seqlens, frame_ids, scale)
     if name == "sage":

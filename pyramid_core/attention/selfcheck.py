@@ -8,7 +8,9 @@ frame mask or not), a small random case runs through the kernels and through
 first time a backward runs for that combination). A mismatch beyond :data:`TOLERANCE`, or any
 error while compiling or launching, sends that combination to SDPA for the rest of the
 process, with one warning that says why and how to report it. A good kernel costs one small
-check per combination, not per call. ``PYRAMID_ATTENTION_SELFCHECK=0`` skips the checks.
+check per combination, not per call, and on a GPU one per machine: verdicts are kept on disk
+(:mod:`.disk_cache`, keyed by GPU, torch, Triton and the kernel source), so a later process
+reuses them. ``PYRAMID_ATTENTION_SELFCHECK=0`` skips the checks.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from dataclasses import dataclass
 
 import torch
 
+from . import disk_cache
 from .sdpa import varlen_attention_sdpa
 
 ENV_VAR = "PYRAMID_ATTENTION_SELFCHECK"
+SECTION = "selfcheck"
 log = logging.getLogger("pyramid_core.attention")
 
 # Largest |kernel - fp32 SDPA| accepted, per input dtype, on outputs and gradients of unit
@@ -142,6 +146,28 @@ def _warn(key: tuple, problem: str, part: str) -> None:
                 "frame mask" if masked else "no mask", problem, REPORT)
 
 
+def _machine(device: str) -> str | None:
+    """The disk cache's machine key of a CUDA device; None elsewhere (nothing is stored)."""
+    return disk_cache.machine_key(torch.device(device)) if torch.device(device).type == "cuda" else None
+
+
+def _checked(triton_attention, key: tuple, backward: bool) -> str | None:
+    """The check's result for ``key``: from the disk cache of this GPU when an earlier process
+    ran it (:mod:`.disk_cache`; CUDA only), else run now and stored there."""
+    device, dtype, head_dim, masked = key
+    machine = _machine(device)
+    if machine is None:
+        return _run_check(triton_attention, key, backward)
+    label = (f"{str(dtype).removeprefix('torch.')} d{head_dim} {'frame-mask' if masked else 'no-mask'} "
+             f"{'backward' if backward else 'forward'}")
+    stored = disk_cache.shared.get(machine, SECTION, label)
+    if isinstance(stored, dict) and "problem" in stored:
+        return stored["problem"]
+    problem = _run_check(triton_attention, key, backward)
+    disk_cache.shared.put(machine, SECTION, label, {"problem": problem})
+    return problem
+
+
 def forward_ok(triton_attention, q: torch.Tensor, frame_ids: torch.Tensor | None) -> bool:
     """Whether the Triton forward may serve this kind of call (checks it the first time)."""
     if not enabled():
@@ -149,7 +175,7 @@ def forward_ok(triton_attention, q: torch.Tensor, frame_ids: torch.Tensor | None
     key = combination(q, frame_ids)
     verdict = _verdicts.get(key)
     if verdict is None:
-        verdict = _verdicts[key] = Verdict(forward=_run_check(triton_attention, key, backward=False))
+        verdict = _verdicts[key] = Verdict(forward=_checked(triton_attention, key, backward=False))
         if verdict.forward:
             _warn(key, verdict.forward, "the forward")
     return verdict.forward is None
@@ -163,7 +189,7 @@ def backward_ok(triton_attention, q: torch.Tensor, frame_ids: torch.Tensor | Non
     verdict = _verdicts.setdefault(key, Verdict())
     if not verdict.backward_checked:
         verdict.backward_checked = True
-        verdict.backward = _run_check(triton_attention, key, backward=True)
+        verdict.backward = _checked(triton_attention, key, backward=True)
         if verdict.backward:
             _warn(key, verdict.backward, "the backward")
     return verdict.backward is None
