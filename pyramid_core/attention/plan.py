@@ -24,7 +24,8 @@ import torch
 _CACHE_SIZE = 32
 
 
-def _version(t: torch.Tensor) -> int:
+def tensor_version(t: torch.Tensor) -> int:
+    """``t``'s in-place modification counter (-1 for inference tensors, which have none)."""
     return -1 if t.is_inference() else t._version
 
 
@@ -37,7 +38,7 @@ class TensorMemo:
 
     def get(self, tensors: tuple[torch.Tensor | None, ...], extra, compute: Callable[[], object]):
         key = (tuple(id(t) for t in tensors), extra)
-        versions = tuple(None if t is None else _version(t) for t in tensors)
+        versions = tuple(None if t is None else tensor_version(t) for t in tensors)
         cached = self._entries.get(key)
         if cached is not None:
             refs, cached_versions, value = cached

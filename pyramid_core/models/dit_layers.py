@@ -16,6 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..attention.plan import tensor_version
+
 # Every adaptive LayerNorm in both families normalises without affine terms at this eps.
 ADA_NORM_EPS = 1e-6
 TIMESTEP_CHANNELS = 256  # width of the sinusoidal timestep features
@@ -247,23 +249,35 @@ def rope_angles(positions: torch.Tensor, axes_dims: list[int] | tuple[int, ...])
 
 
 def rope_rotations(angles: torch.Tensor) -> torch.Tensor:
-    """``(L, K / 2)`` angles -> unit complex64 rotations ``cos + i sin`` (computed in float64)."""
-    return torch.polar(torch.ones_like(angles), angles).to(torch.complex64)  # (L, K/2)
+    """``(L, K / 2)`` angles -> ``(L, K / 2, 2)`` fp32 ``[cos, sin]`` (computed in float64).
+
+    Real tables rather than complex64 rotations: the rotation is then plain elementwise
+    arithmetic that inductor fuses with its neighbours (it cannot fuse complex ops).
+    """
+    return torch.stack([angles.cos(), angles.sin()], dim=-1).float()  # (L, K/2, 2)
+
+
+def identity_rotations(count: int, like: torch.Tensor) -> torch.Tensor:
+    """``(count, K / 2, 2)`` rotations by 0 (cos 1, sin 0), shaped and placed like ``like``."""
+    identity = torch.zeros(count, *like.shape[1:], dtype=like.dtype, device=like.device)
+    identity[..., 0] = 1.0
+    return identity
 
 
 def apply_rope(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent channel pairs ``(x[2i], x[2i+1])``:
-    ``(x0 cos - x1 sin, x0 sin + x1 cos)``, as one complex product.
+    """Rotate adjacent channel pairs ``(x[2i], x[2i+1])`` to
+    ``(x0 cos - x1 sin, x0 sin + x1 cos)`` (the complex product of the reference, written out).
 
     Args:
         x: ``(N, L, H, K)``.
-        rotations: ``(L, K / 2)`` complex64 from :func:`rope_rotations`.
+        rotations: ``(L, K / 2, 2)`` from :func:`rope_rotations`.
 
     Returns:
         ``(N, L, H, K)`` in the dtype of ``x`` (the rotation runs in fp32).
     """
-    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)).contiguous())  # (N, L, H, K/2)
-    return torch.view_as_real(pairs * rotations[:, None]).flatten(-2).to(x.dtype)  # (N, L, H, K)
+    x0, x1 = x.float().unflatten(-1, (-1, 2)).unbind(-1)                  # 2 x (N, L, H, K/2)
+    cos, sin = rotations[:, None, :, 0], rotations[:, None, :, 1]          # 2 x (L, 1, K/2)
+    return torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1).flatten(-2).to(x.dtype)
 
 
 # ----------------------------------------------------------------------------------------
@@ -323,19 +337,24 @@ class PyramidDiTMixin:
         return super().extract_init_dict(drop_runtime_keys(config_dict), **kwargs)
 
     _layout_hook = None
-    _layout_cache = None            # (key, mask, TokenLayout) of the last call
+    _layout_cache = None            # (key, mask, its version, a copy of it, TokenLayout) of the last call
 
     def cached_layout(self, entries, mask: torch.Tensor | None, text_len: int, build):
         """``build()``'s :class:`TokenLayout`, or the last call's when this call has the same clip
         shapes, device and text mask: every step of a stage does (the layout, its RoPE tables,
-        packing index and frame ids are then built once per stage, not once per step)."""
+        packing index and frame ids are then built once per stage, not once per step).
+
+        The mask is recognised by identity first (the same unmodified tensor object: no host
+        sync, which is what the samplers pass), else by value (one sync)."""
         key = (tuple(tuple(tuple(clip.shape) for clip in clips) for clips in entries), text_len,
                str(entries[0][-1].device), None if mask is None else (tuple(mask.shape), mask.dtype))
         cached = self._layout_cache
-        if cached is not None and cached[0] == key and (mask is None or torch.equal(mask, cached[1])):
-            return cached[2]
+        if cached is not None and cached[0] == key:
+            if mask is None or (mask is cached[1] and tensor_version(mask) == cached[2]) or torch.equal(mask, cached[3]):
+                return cached[4]
         layout = build()
-        self._layout_cache = (key, None if mask is None else mask.clone(), layout)
+        self._layout_cache = (key, mask, None if mask is None else tensor_version(mask),
+                              None if mask is None else mask.clone(), layout)
         return layout
 
     def set_layout_hook(self, hook) -> None:

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..attention import varlen_attention
+from ..attention.plan import TensorMemo
 
 from .dit_layers import apply_rope, rope_rotations
 
@@ -73,6 +74,19 @@ def normalize_sample(sample) -> list[list[torch.Tensor]]:
     return entries
 
 
+_kept_columns = TensorMemo()
+
+
+def _columns_in_use(mask: torch.Tensor):
+    """``(index of the columns some row uses, the mask of those columns)``, or None when every
+    column is in use; reads the mask on the host (one sync)."""
+    keep = mask.bool().any(0)                                             # (L_txt,)
+    if bool(keep.all()):
+        return None
+    index = keep.nonzero().flatten()                                      # (L_kept,)
+    return index, mask.index_select(1, index)
+
+
 def drop_padding_columns(text: torch.Tensor, mask: torch.Tensor | None):
     """Text ``(N, L_txt, W)`` and its mask ``(N, L_txt)`` without the columns that are padding
     in every row (T5 pads each prompt to 128 tokens; a prompt uses 20-40).
@@ -81,13 +95,18 @@ def drop_padding_columns(text: torch.Tensor, mask: torch.Tensor | None):
     dropping it from the text stream's norms, projections and MLPs changes no output. Columns
     some row uses stay (that row's padding is then masked as before). A mask that does not
     fit the text is returned as it is, for the layout to report.
+
+    Which columns to keep is read once per mask tensor object (the samplers pass one mask to
+    every step of a stage): later calls neither synchronise nor build a new mask, so the
+    returned mask is the same object and the layout cache recognises it without reading it.
     """
     if mask is None or tuple(mask.shape) != tuple(text.shape[:2]):
         return text, mask
-    keep = mask.bool().any(0)                                             # (L_txt,)
-    if bool(keep.all()):
+    kept = _kept_columns.get((mask,), None, lambda: _columns_in_use(mask))
+    if kept is None:
         return text, mask
-    return text[:, keep], mask[:, keep]
+    index, kept_mask = kept
+    return text.index_select(1, index.to(text.device)), kept_mask
 
 
 def clip_grids(clips: list[torch.Tensor], patch: int) -> list[ClipGrid]:
@@ -148,7 +167,7 @@ class TokenLayout:
         self.grids = [clip_grids(clips, patch) for clips in entries]
         self.lengths = [sum(g.num_tokens for g in grids) for grids in self.grids]
         self.image_len = sum(self.lengths)
-        self.rope = None  # (L_img, K/2) complex rotations of the image tokens
+        self.rope = None  # (L_img, K/2, 2) cos/sin rotations of the image tokens
         self.positions = self._image_positions()  # (L_img, 3)
 
         if text_mask is None:

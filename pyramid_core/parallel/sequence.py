@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from ..models.dit_layers import identity_rotations
 from ..models.dit_tokens import TokenLayout
 
 
@@ -87,7 +88,7 @@ class SequenceShardedLayout(TokenLayout):
         self.lengths = [self.image_len]
         self.padding = self.image_len * self.size - full.image_len
         if full.rope is not None:                                        # padding rows: identity rotations
-            rope = torch.cat([full.rope, full.rope.new_ones(self.padding, full.rope.shape[1])])
+            rope = torch.cat([full.rope, identity_rotations(self.padding, full.rope)])
             self.rope = self._local(rope)
         else:
             self.rope = None

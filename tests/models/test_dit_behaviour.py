@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from pyramid_core.models import PyramidDiffusionMMDiT, PyramidFluxTransformer
 
@@ -95,13 +96,13 @@ def test_the_token_layout_is_built_once_per_geometry(family):
     model, batch = tiny(family), training_batch()
     with torch.no_grad():
         first = model(**batch)
-        layout = model._layout_cache[2]
+        layout = model._layout_cache[-1]
         again = model(**dict(batch, timestep_ratio=batch["timestep_ratio"] * 0.5))
-        assert model._layout_cache[2] is layout
+        assert model._layout_cache[-1] is layout
         other_mask = batch["encoder_attention_mask"].clone()
         other_mask[1, 4] = 0
         model(**dict(batch, encoder_attention_mask=other_mask))
-        assert model._layout_cache[2] is not layout
+        assert model._layout_cache[-1] is not layout
         fresh = tiny(family)(**dict(batch, timestep_ratio=batch["timestep_ratio"] * 0.5))
     for a, b in zip(again, fresh):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -199,3 +200,79 @@ def test_block_swap_gives_the_same_outputs_and_streams_blocks_in_order(family):
         assert all(torch.equal(o, e) for o, e in zip(model(**batch), expected))
     with pytest.raises(ValueError, match=f"give 1 to {n}"):
         BlockSwap(model, "cpu", swapped=n + 1)
+
+
+class HostReads(TorchDispatchMode):
+    """Records every op that reads tensor values on the host (a CUDA synchronisation on a
+    GPU), plus ``.tolist()`` / ``.cpu()``, which do not reach the dispatcher on CPU tensors."""
+
+    SYNCING = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.equal.default,
+               torch.ops.aten.nonzero.default, torch.ops.aten.is_nonzero.default,
+               torch.ops.aten.masked_select.default, torch.ops.aten.unique_consecutive.default,
+               torch.ops.aten._unique2.default}
+
+    def __init__(self, monkeypatch):
+        super().__init__()
+        self.reads = []
+        for name in ("tolist", "cpu"):
+            original = getattr(torch.Tensor, name)
+
+            def recorded(tensor, *args, _name=name, _original=original, **kwargs):
+                if self.active:
+                    self.reads.append(f"Tensor.{_name}")
+                return _original(tensor, *args, **kwargs)
+            monkeypatch.setattr(torch.Tensor, name, recorded)
+        self.active = False
+
+    def __enter__(self):
+        self.active = True
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        self.active = False
+        return super().__exit__(*exc)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        boolean_index = func is torch.ops.aten.index.Tensor and any(
+            t is not None and t.dtype == torch.bool for t in args[1])
+        if func in self.SYNCING or boolean_index:
+            self.reads.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("family", TINY)
+def test_the_steps_after_the_first_of_a_stage_read_nothing_on_the_host(family, monkeypatch):
+    """Issue 26: no host sync in a forward once the stage's layout exists. The samplers pass
+    the same text tensors to every step; the frame mask (history) and padded text columns
+    (dropped once) are both in play."""
+    g = torch.Generator().manual_seed(3)
+    history, noisy = torch.randn(2, 16, 2, 2, 2, generator=g), torch.randn(2, 16, 1, 4, 4, generator=g)
+    mask = torch.zeros(2, 8, dtype=torch.int64)
+    mask[0, :5], mask[1, :3] = 1, 1                    # columns 5-7 are padding in every row
+    inputs = dict(encoder_hidden_states=torch.randn(2, 8, 32, generator=g), encoder_attention_mask=mask,
+                  pooled_projections=torch.randn(2, 16, generator=g))
+    model = tiny(family)
+    with torch.no_grad():
+        model(sample=[[history, noisy]], timestep_ratio=torch.tensor([900.0, 900.0]), **inputs)
+        with HostReads(monkeypatch) as reads:
+            second = model(sample=[[history, noisy]], timestep_ratio=torch.tensor([800.0, 800.0]), **inputs)
+        fresh = tiny(family)(sample=[[history, noisy]], timestep_ratio=torch.tensor([800.0, 800.0]), **inputs)
+    assert reads.reads == []
+    torch.testing.assert_close(second, fresh, rtol=0, atol=0)
+
+
+def test_rope_in_real_arithmetic_equals_the_complex_rotation():
+    # The reference rotates channel pairs as complex64 products; ours writes the product out
+    # (so inductor can fuse it). Same result to fp32 rounding, in fp32 and through bf16.
+    from pyramid_core.models.dit_layers import apply_rope, rope_angles, rope_rotations
+
+    g = torch.Generator().manual_seed(0)
+    positions = torch.rand(50, 3, generator=g) * 40
+    angles = rope_angles(positions, (4, 6, 6))                                        # (50, 8)
+    x = torch.randn(2, 50, 3, 16, generator=g)
+    complex_rotation = torch.polar(torch.ones_like(angles), angles).to(torch.complex64)
+    expected = torch.view_as_real(torch.view_as_complex(x.unflatten(-1, (-1, 2))) * complex_rotation[:, None])
+    torch.testing.assert_close(apply_rope(x, rope_rotations(angles)), expected.flatten(-2), rtol=0, atol=2e-6)
+    rotated = apply_rope(x.bfloat16(), rope_rotations(angles))
+    assert rotated.dtype == torch.bfloat16
+    torch.testing.assert_close(rotated.float(), expected.flatten(-2), rtol=1e-2, atol=2e-2)
