@@ -10,12 +10,13 @@ each one, so a run cut short keeps what it measured):
   dq/dk/dv, at the real sequence shapes of the last unit of a 5 s 384p and a 10 s 768p video
   (a CFG pair; text, history clips and the noisy frame; frame-causal mask), 30 heads x 64.
 * ``attention_speed``: the same shapes in bf16, forward and forward+backward: ours, masked
-  SDPA (what the reference runs), ``flex_attention`` with a block mask, and flash-attn
-  without the mask when installed; median milliseconds and peak memory.
+  SDPA (what the reference runs), our block-causal SDPA backend, ``auto`` (and which backend
+  it chose), ``flex_attention`` with a block mask, and flash-attn without the mask when
+  installed; median milliseconds and peak memory.
 * ``t2v_384p``: the full-size miniFLUX (released config, random bf16 weights): a 5 s 384p
-  text-to-video (16 latent frames, steps 20,20,20 / 10,10,10) with our kernels and again with
-  the reference's attention (masked SDPA): seconds per unit, in all, peak memory. (The
-  reference README: 5 s at 768p takes 5.5 min on one A100.)
+  text-to-video (16 latent frames, steps 20,20,20 / 10,10,10) with attention ``auto``, our
+  kernels and our SDPA backend: seconds per unit, in all, peak memory. (The reference
+  README: 5 s at 768p takes 5.5 min on one A100.)
 * ``vae_decode``: the full-size VAE (random bf16) decoding 121 frames at 384p and 768p with
   the pack's default settings (one latent frame per chunk, no tiles): seconds, peak memory.
 * ``model_load``: peak host RAM and GPU memory of loading the DiT in bf16 and with fp8 weight
@@ -226,6 +227,7 @@ def _flex(q, k, v, cu, frames):
 
 
 def attention_speed(args) -> dict:
+    from pyramid_core.attention import chooser, disk_cache, varlen_attention
     from pyramid_core.attention.triton_varlen import varlen_attention_triton
 
     out = {}
@@ -234,6 +236,9 @@ def attention_speed(args) -> dict:
         candidates = {
             "ours": lambda q, k, v: varlen_attention_triton(q, k, v, cu, frames),
             "sdpa_masked": lambda q, k, v: _reference(q, k, v, cu, frames),
+            "sdpa_block_causal": lambda q, k, v: varlen_attention(q, k, v, cu, frame_ids=frames, backend="sdpa"),
+            # auto: times the backends on its first call of each kind, then runs the winner
+            "auto": lambda q, k, v: varlen_attention(q, k, v, cu, frame_ids=frames),
         }
         try:
             candidates["flex_block_mask"] = _flex(q, k, v, cu, frames)
@@ -263,6 +268,10 @@ def attention_speed(args) -> dict:
                 entry["error"] = repr(err)[:500]
             out[f"{resolution}_{name}"] = entry
         out[f"{resolution}_tokens"] = int(cu[-1])
+        machine = disk_cache.machine_key(q.device)
+        out[f"{resolution}_auto_chose"] = {
+            mode: chooser.shared.known(machine, chooser.CallKind.of(q, k, cu, frames, training=mode == "training"))
+            for mode in ("inference", "training")}
     return out
 
 
@@ -463,11 +472,11 @@ RUNNERS = {
     "environment": lambda args, deadline: environment(args),
     "kernel_correctness": lambda args, deadline: kernel_correctness(args),
     "attention_speed": lambda args, deadline: attention_speed(args),
-    "t2v_384p": t2v_run("384p", ("triton", "sdpa")),
+    "t2v_384p": t2v_run("384p", ("auto", "triton", "sdpa")),
     "vae_decode": vae_decode,
     "model_load": model_load,
     "memory_caps": memory_caps,
-    "t2v_768p": t2v_run("768p", ("triton",)),
+    "t2v_768p": t2v_run("768p", ("auto", "triton", "sdpa")),
 }
 # The least time a section needs to be worth starting (seconds).
 MINIMUM = {"environment": 0, "kernel_correctness": 20, "attention_speed": 30, "t2v_384p": 60, "vae_decode": 30,
