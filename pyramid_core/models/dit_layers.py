@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..attention.plan import tensor_version
+from .fused import rms_norm_rope
 
 # Every adaptive LayerNorm in both families normalises without affine terms at this eps.
 ADA_NORM_EPS = 1e-6
@@ -95,15 +96,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x: (..., dim)`` -> same shape and dtype as the weight."""
-        variance = x.float().pow(2).mean(-1, keepdim=True)  # (..., 1)
-        x = x * torch.rsqrt(variance + self.eps)  # (..., dim), fp32 statistics
-        return x.to(self.weight.dtype) * self.weight
-
-
-def layer_norm(x: torch.Tensor) -> torch.Tensor:
-    """Affine-free LayerNorm over the last axis, the norm under every adaptive modulation."""
-    return F.layer_norm(x, x.shape[-1:], eps=ADA_NORM_EPS)
+        """``x: (..., dim)`` -> same shape, the weight's dtype (fp32 statistics). The blocks call
+        :func:`~.fused.rms_norm_rope` with this module's weight instead, to fuse RoPE in."""
+        return rms_norm_rope(x, self.weight, self.eps, None)
 
 
 class AdaModulation(nn.Module):
@@ -207,18 +202,21 @@ class AttentionProjections(nn.Module):
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.heads, -1))  # (..., H, K)
 
-    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Image-stream (or joint single-stream) tokens ``(..., D)`` -> q, k, v ``(..., H, K)``."""
-        q = self.norm_q(self._heads(self.to_q(x)))  # (..., H, K)
-        k = self.norm_k(self._heads(self.to_k(x)))  # (..., H, K)
+    def project(self, x: torch.Tensor, rotations: torch.Tensor | None = None):
+        """Image-stream (or joint single-stream) tokens ``(..., L, D)`` -> q, k, v
+        ``(..., L, H, K)``; q and k RMS-normed and, with ``rotations`` ``(L, K / 2, 2)``,
+        rotated, in one fused pass each (:func:`~.fused.rms_norm_rope`)."""
+        q = rms_norm_rope(self._heads(self.to_q(x)), self.norm_q.weight, self.norm_q.eps, rotations)  # (..., H, K)
+        k = rms_norm_rope(self._heads(self.to_k(x)), self.norm_k.weight, self.norm_k.eps, rotations)  # (..., H, K)
         v = self._heads(self.to_v(x))  # (..., H, K)
         return q, k, v
 
     def project_context(self, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Text-stream tokens ``(..., D)`` -> q, k, v ``(..., H, K)``."""
+        """Text-stream tokens ``(..., D)`` -> q, k, v ``(..., H, K)`` (normed, never rotated:
+        text sits at position 0)."""
         norm_q, norm_k = (getattr(self, name) for name in self._context_norms)
-        q = norm_q(self._heads(self.add_q_proj(c)))  # (..., H, K)
-        k = norm_k(self._heads(self.add_k_proj(c)))  # (..., H, K)
+        q = rms_norm_rope(self._heads(self.add_q_proj(c)), norm_q.weight, norm_q.eps, None)  # (..., H, K)
+        k = rms_norm_rope(self._heads(self.add_k_proj(c)), norm_k.weight, norm_k.eps, None)  # (..., H, K)
         v = self._heads(self.add_v_proj(c))  # (..., H, K)
         return q, k, v
 
@@ -262,22 +260,6 @@ def identity_rotations(count: int, like: torch.Tensor) -> torch.Tensor:
     identity = torch.zeros(count, *like.shape[1:], dtype=like.dtype, device=like.device)
     identity[..., 0] = 1.0
     return identity
-
-
-def apply_rope(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent channel pairs ``(x[2i], x[2i+1])`` to
-    ``(x0 cos - x1 sin, x0 sin + x1 cos)`` (the complex product of the reference, written out).
-
-    Args:
-        x: ``(N, L, H, K)``.
-        rotations: ``(L, K / 2, 2)`` from :func:`rope_rotations`.
-
-    Returns:
-        ``(N, L, H, K)`` in the dtype of ``x`` (the rotation runs in fp32).
-    """
-    x0, x1 = x.float().unflatten(-1, (-1, 2)).unbind(-1)                  # 2 x (N, L, H, K/2)
-    cos, sin = rotations[:, None, :, 0], rotations[:, None, :, 1]          # 2 x (L, 1, K/2)
-    return torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1).flatten(-2).to(x.dtype)
 
 
 # ----------------------------------------------------------------------------------------

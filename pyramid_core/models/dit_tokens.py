@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from ..attention import varlen_attention
 from ..attention.plan import TensorMemo
 
-from .dit_layers import apply_rope, rope_rotations
+from .dit_layers import ADA_NORM_EPS, identity_rotations, rope_rotations
+from .fused import layer_norm_modulate
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,8 @@ class TokenLayout:
         frame_causal: apply the frame-causal mask (a token sees frames <= its own).
     """
 
+    _joined_rope = None             # joined_rope()'s table, built on first use
+
     def __init__(self, entries, patch: int, text_mask: torch.Tensor | None, text_len: int, frame_causal: bool):
         device = entries[0][-1].device
         self.device = device
@@ -168,6 +171,7 @@ class TokenLayout:
         self.lengths = [sum(g.num_tokens for g in grids) for grids in self.grids]
         self.image_len = sum(self.lengths)
         self.rope = None  # (L_img, K/2, 2) cos/sin rotations of the image tokens
+        self._joined_rope = None
         self.positions = self._image_positions()  # (L_img, 3)
 
         if text_mask is None:
@@ -213,17 +217,17 @@ class TokenLayout:
         """Rotary angles ``(L_img, K / 2)`` for the image tokens. Text tokens sit at position 0
         on every axis, where the rotation is the identity, so they are left untouched."""
         self.rope = None if angles is None else rope_rotations(angles)
+        self._joined_rope = None
 
-    def rope_image(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, L_img, H, K)`` -> same, rotated (identity when no RoPE is set)."""
-        return x if self.rope is None else apply_rope(x, self.rope)
-
-    def rope_joined(self, flat: torch.Tensor) -> torch.Tensor:
-        """Flat ``(T, H, K)`` in :meth:`join` order -> same, image tokens rotated."""
+    def joined_rope(self) -> torch.Tensor | None:
+        """Rotations ``(T, K / 2, 2)`` of the flat :meth:`join` order: identity for the text
+        tokens, the image tokens' own for every batch row (built once per layout)."""
         if self.rope is None:
-            return flat
-        c, x = self.split(flat)  # (B*S, L_txt, H, K), (B, L_img, H, K)
-        return self.join(c, self.rope_image(x))  # (T, H, K)
+            return None
+        if self._joined_rope is None:
+            text = identity_rotations(self.text_rows * self.text_len, self.rope)
+            self._joined_rope = torch.cat([text, self.rope.repeat(self.batch, 1, 1)])  # (T, K/2, 2)
+        return self._joined_rope
 
     # -- the two streams --------------------------------------------------------------------
 
@@ -245,23 +249,24 @@ class TokenLayout:
         parts = [fn(*segs, *(p[:, s : s + 1] for p in params)) for s, segs in enumerate(segments)]
         return torch.cat(parts, dim=1)  # (B, L_img, D)
 
-    def modulate_image(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        """``x * (1 + scale) + shift`` with each (row, entry)'s vectors.
+    def norm_modulate_image(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """``layer_norm(x) * (1 + scale) + shift`` with each (row, entry)'s vectors (one fused
+        kernel on a GPU, :func:`~.fused.layer_norm_modulate`).
 
         Args:
             x: image stream ``(B, L_img, D)``.
             shift, scale: per text row ``(B * S, D)``.
         """
-        return self._per_entry(lambda t, sh, sc: torch.addcmul(sh, t, 1 + sc), (x,), (shift, scale))
+        return self._per_entry(lambda t, sh, sc: layer_norm_modulate(t, sh, sc, ADA_NORM_EPS), (x,), (shift, scale))
 
     def gate_image(self, x: torch.Tensor, update: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         """``x + gate * update``; x, update ``(B, L_img, D)``, gate ``(B * S, D)``."""
         return self._per_entry(lambda t, u, g: torch.addcmul(t, u, g), (x, update), (gate,))
 
     @staticmethod
-    def modulate_text(c: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        """``c * (1 + scale) + shift``; c ``(B * S, L_txt, D)``, shift/scale ``(B * S, D)``."""
-        return torch.addcmul(shift[:, None], c, 1 + scale[:, None])
+    def norm_modulate_text(c: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """``layer_norm(c) * (1 + scale) + shift``; c ``(B * S, L_txt, D)``, shift/scale ``(B * S, D)``."""
+        return layer_norm_modulate(c, shift[:, None], scale[:, None], ADA_NORM_EPS)
 
     @staticmethod
     def gate_text(c: torch.Tensor, update: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
@@ -346,9 +351,8 @@ def joint_attention(proj, x: torch.Tensor, c: torch.Tensor, layout: TokenLayout)
         ``(out_x, out_c)``: ``(B, L_img, D)`` through ``to_out.0`` and ``(B * S, L_txt, D)``
         through ``to_add_out`` (None when the block has no text output).
     """
-    qx, kx, vx = proj.project(x)  # (B, L_img, H, K)
+    qx, kx, vx = proj.project(x, layout.rope)  # (B, L_img, H, K), q and k rotated
     qc, kc, vc = proj.project_context(c)  # (B*S, L_txt, H, K)
-    qx, kx = layout.rope_image(qx), layout.rope_image(kx)  # (B, L_img, H, K)
     out = layout.attend(layout.join(qc, qx), layout.join(kc, kx), layout.join(vc, vx))  # (T, H, K)
     out_c, out_x = layout.split(out.flatten(-2))  # (B*S, L_txt, D), (B, L_img, D)
     out_x = proj.to_out[0](out_x)  # (B, L_img, D)

@@ -24,7 +24,6 @@ from .dit_layers import (
     PyramidDiTMixin,
     RUNTIME_CONFIG_KEYS,
     TimestepTextEmbedding,
-    layer_norm,
     rope_angles,
     run_block,
 )
@@ -60,16 +59,16 @@ class FluxDoubleBlock(nn.Module):
         shift, scale, gate, shift_ff, scale_ff, gate_ff = self.norm1(temb)  # 6 x (B*S, D)
         c_shift, c_scale, c_gate, c_shift_ff, c_scale_ff, c_gate_ff = self.norm1_context(temb)  # 6 x (B*S, D)
 
-        x_in = layout.modulate_image(layer_norm(x), shift, scale)  # (B, L_img, D)
-        c_in = layout.modulate_text(layer_norm(c), c_shift, c_scale)  # (B*S, L_txt, D)
+        x_in = layout.norm_modulate_image(x, shift, scale)  # (B, L_img, D)
+        c_in = layout.norm_modulate_text(c, c_shift, c_scale)  # (B*S, L_txt, D)
         attn_x, attn_c = joint_attention(self.attn, x_in, c_in, layout)  # (B, L_img, D), (B*S, L_txt, D)
 
         x = layout.gate_image(x, attn_x, gate)  # (B, L_img, D)
-        x_ff = self.ff(layout.modulate_image(layer_norm(x), shift_ff, scale_ff))  # (B, L_img, D)
+        x_ff = self.ff(layout.norm_modulate_image(x, shift_ff, scale_ff))  # (B, L_img, D)
         x = layout.gate_image(x, x_ff, gate_ff)  # (B, L_img, D)
 
         c = layout.gate_text(c, attn_c, c_gate)  # (B*S, L_txt, D)
-        c_ff = self.ff_context(layout.modulate_text(layer_norm(c), c_shift_ff, c_scale_ff))  # (B*S, L_txt, D)
+        c_ff = self.ff_context(layout.norm_modulate_text(c, c_shift_ff, c_scale_ff))  # (B*S, L_txt, D)
         c = layout.gate_text(c, c_ff, c_gate_ff)  # (B*S, L_txt, D)
         return x, c
 
@@ -87,12 +86,12 @@ class FluxSingleBlock(nn.Module):
     def forward(self, x: torch.Tensor, c: torch.Tensor, temb: torch.Tensor, layout: TokenLayout):
         """Same arguments and returns as :meth:`FluxDoubleBlock.forward`."""
         shift, scale, gate = self.norm(temb)  # 3 x (B*S, D)
-        x_in = layout.modulate_image(layer_norm(x), shift, scale)  # (B, L_img, D)
-        c_in = layout.modulate_text(layer_norm(c), shift, scale)  # (B*S, L_txt, D)
+        x_in = layout.norm_modulate_image(x, shift, scale)  # (B, L_img, D)
+        c_in = layout.norm_modulate_text(c, shift, scale)  # (B*S, L_txt, D)
         z = layout.join(c_in, x_in)  # (T, D)
 
-        q, k, v = self.attn.project(z)  # (T, H, K)
-        attn = layout.attend(layout.rope_joined(q), layout.rope_joined(k), v).flatten(-2)  # (T, D)
+        q, k, v = self.attn.project(z, layout.joined_rope())  # (T, H, K), image tokens rotated
+        attn = layout.attend(q, k, v).flatten(-2)  # (T, D)
         mlp = F.gelu(self.proj_mlp(z), approximate="tanh")  # (T, 4D)
         update_c, update_x = layout.split(self.proj_out(torch.cat([attn, mlp], dim=-1)))  # (B*S, L_txt, D), (B, L_img, D)
 
@@ -223,7 +222,7 @@ class PyramidFluxTransformer(PyramidDiTMixin, ModelMixin, ConfigMixin):
             x, c = run_block(self, block, x, c, temb, layout)  # (B, L_img, D), (B*S, L_txt, D)
 
         scale, shift = self.norm_out(temb)  # 2 x (B*S, D)
-        x = layout.modulate_image(layer_norm(x), shift, scale)  # (B, L_img, D)
+        x = layout.norm_modulate_image(x, shift, scale)  # (B, L_img, D)
         x = self.proj_out(x)  # (B, L_img, 64)
         return layout.unpack_output(x, LATENT_PATCH)  # S x (B, 16, T, H, W)
 

@@ -23,7 +23,6 @@ from .dit_layers import (
     PyramidDiTMixin,
     RUNTIME_CONFIG_KEYS,
     TimestepTextEmbedding,
-    layer_norm,
     rope_angles,
     run_block,
 )
@@ -136,22 +135,22 @@ class MMDiTBlock(nn.Module):
             Updated ``(x, c)``; ``c`` is returned unchanged by a ``context_pre_only`` block.
         """
         shift, scale, gate, shift_ff, scale_ff, gate_ff = self.norm1(temb)  # 6 x (B*S, D)
-        x_in = layout.modulate_image(layer_norm(x), shift, scale)  # (B, L_img, D)
+        x_in = layout.norm_modulate_image(x, shift, scale)  # (B, L_img, D)
         if self.context_pre_only:
             c_scale, c_shift = self.norm1_context(temb)  # 2 x (B*S, D)
         else:
             c_shift, c_scale, c_gate, c_shift_ff, c_scale_ff, c_gate_ff = self.norm1_context(temb)  # 6 x (B*S, D)
-        c_in = layout.modulate_text(layer_norm(c), c_shift, c_scale)  # (B*S, L_txt, D)
+        c_in = layout.norm_modulate_text(c, c_shift, c_scale)  # (B*S, L_txt, D)
         attn_x, attn_c = joint_attention(self.attn, x_in, c_in, layout)  # (B, L_img, D), (B*S, L_txt, D) | None
 
         x = layout.gate_image(x, attn_x, gate)  # (B, L_img, D)
-        x_ff = self.ff(layout.modulate_image(layer_norm(x), shift_ff, scale_ff))  # (B, L_img, D)
+        x_ff = self.ff(layout.norm_modulate_image(x, shift_ff, scale_ff))  # (B, L_img, D)
         x = layout.gate_image(x, x_ff, gate_ff)  # (B, L_img, D)
         if self.context_pre_only:
             return x, c
 
         c = layout.gate_text(c, attn_c, c_gate)  # (B*S, L_txt, D)
-        c_ff = self.ff_context(layout.modulate_text(layer_norm(c), c_shift_ff, c_scale_ff))  # (B*S, L_txt, D)
+        c_ff = self.ff_context(layout.norm_modulate_text(c, c_shift_ff, c_scale_ff))  # (B*S, L_txt, D)
         c = layout.gate_text(c, c_ff, c_gate_ff)  # (B*S, L_txt, D)
         return x, c
 
@@ -296,6 +295,6 @@ class PyramidDiffusionMMDiT(PyramidDiTMixin, ModelMixin, ConfigMixin):
             x, c = run_block(self, block, x, c, temb, layout)  # (B, L_img, D), (B*S, L_txt, D)
 
         scale, shift = self.norm_out(temb)  # 2 x (B*S, D)
-        x = layout.modulate_image(layer_norm(x), shift, scale)  # (B, L_img, D)
+        x = layout.norm_modulate_image(x, shift, scale)  # (B, L_img, D)
         x = self.proj_out(x)  # (B, L_img, p*p*C)
         return layout.unpack_output(x, cfg.patch_size)  # S x (B, C, T, H, W)

@@ -264,7 +264,8 @@ def test_the_steps_after_the_first_of_a_stage_read_nothing_on_the_host(family, m
 def test_rope_in_real_arithmetic_equals_the_complex_rotation():
     # The reference rotates channel pairs as complex64 products; ours writes the product out
     # (so inductor can fuse it). Same result to fp32 rounding, in fp32 and through bf16.
-    from pyramid_core.models.dit_layers import apply_rope, rope_angles, rope_rotations
+    from pyramid_core.models.dit_layers import rope_angles, rope_rotations
+    from pyramid_core.models.fused import apply_rope
 
     g = torch.Generator().manual_seed(0)
     positions = torch.rand(50, 3, generator=g) * 40
