@@ -26,6 +26,10 @@ each one, so a run cut short keeps what it measured):
   (``video_under_cap.py``): default bf16 uncapped, then 24 and 12 GiB; fp8 weights at 12 and
   8 GiB; fp8 + block swap (half the blocks) at 8 GiB. Complete or not, peak and seconds per
   phase, the tiles chosen, and each run's time against the uncapped one with its weights.
+* ``training``: a DiT training step of the released recipe (full-size miniFLUX, fp32 weights,
+  bf16 autocast, AdamW, gradient checkpointing; stage columns 1,2,1 with the temporal
+  pyramid) on 5 s clips at 384p and 768p, with attention auto, our kernels and SDPA; and a
+  VAE reconstruction step on 17 frames at 256x256: seconds per step and peak memory.
 * ``t2v_768p``: as ``t2v_384p`` at 1280x768, 10 s, as far as the time budget allows.
 
 Without CUDA it says so and exits 0. The budget (seconds) bounds the whole run: a section
@@ -53,7 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SECTIONS = ("environment", "kernel_correctness", "attention_speed", "t2v_384p", "vae_decode", "model_load",
-            "memory_caps", "t2v_768p")
+            "memory_caps", "training", "t2v_768p")
 RESOLUTIONS = {  # name: (width, height, latent frames of the video) -- 5 s at 384p, 10 s at 768p
     "384p": (640, 384, 16),
     "768p": (1280, 768, 31),
@@ -423,6 +427,116 @@ def model_load(args, deadline) -> dict:
     return out
 
 
+# Latent (frames, height, width) of the clips a training step sees: 5 s at 384p and 768p.
+TRAIN_LATENTS = {"384p": (16, 48, 80), "768p": (16, 96, 160)}
+TRAIN_STEPS = 2          # timed steps per setting, after one untimed (compile, autotune, auto's timing)
+
+
+def _timed_steps(step, steps: int, device: torch.device, deadline: float) -> dict:
+    """``step(i)`` once untimed, then ``steps`` times: mean seconds per step and peak memory."""
+    cuda = device.type == "cuda"
+    step(0)
+    if cuda:
+        torch.cuda.synchronize()
+        _peak_gib(reset=True)
+    start, done = time.perf_counter(), 0
+    for i in range(1, steps + 1):
+        if time.perf_counter() > deadline:
+            break
+        step(i)
+        done += 1
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = (time.perf_counter() - start) / max(done, 1)
+    return {"steps": done, "seconds_per_step": round(seconds, 3), "peak_gib": _peak_gib() if cuda else None}
+
+
+def dit_training_step(dit, shape, attention: str, device: torch.device, deadline: float, steps=TRAIN_STEPS) -> dict:
+    """One pyramid flow-matching step of the released recipe (stage columns 1, 2, 1, temporal
+    pyramid; bf16 autocast over fp32 weights, AdamW, gradient checkpointing) on 4 random clips
+    of latent ``shape`` (frames, height, width)."""
+    from pyramid_core.attention import default_backend
+    from pyramid_core.scheduling import PyramidFlowScheduler
+    from pyramid_core.training.dit_objective import (PyramidObjective, TextBatch, build_training_batch,
+                                                     flow_matching_loss)
+
+    frames, height, width = shape
+    g = torch.Generator().manual_seed(0)
+    batch = 4                               # one clip per stage column (1, 2, 1), as the recipe per GPU
+    latents = torch.randn(batch, 16, frames, height, width, generator=g).to(device)
+    text = TextBatch(torch.randn(batch, TEXT_TOKENS, dit.config.joint_attention_dim, generator=g),
+                     (torch.arange(TEXT_TOKENS) < VALID_TEXT).long()[None].repeat(batch, 1),
+                     torch.randn(batch, dit.config.pooled_projection_dim, generator=g)).to(device)
+    objective = PyramidObjective(sample_ratios=(1, 2, 1), temporal_pyramid=True, max_latent_frames=frames,
+                                 cfg_rate=0.0)
+    scheduler, generator = PyramidFlowScheduler(), torch.Generator(device).manual_seed(0)
+    optimizer = torch.optim.AdamW(dit.parameters(), lr=1e-5)
+
+    def step(i: int) -> None:
+        batch = build_training_batch(latents, text, objective, scheduler, generator=generator, step=i)
+        with torch.autocast(device.type, dtype=torch.bfloat16), default_backend(attention):
+            loss = flow_matching_loss(dit(**batch.dit_kwargs()), batch.targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    try:
+        return {"attention": attention, **_timed_steps(step, steps, device, deadline)}
+    finally:
+        del optimizer
+
+
+def vae_training_step(vae, frames: int, size: int, device: torch.device, deadline: float, steps=TRAIN_STEPS) -> dict:
+    """One VAE reconstruction step (encode, sample, decode, L1 + KL, AdamW; bf16 autocast over
+    fp32 weights, gradient checkpointing) on a random ``frames`` x ``size``² clip."""
+    video = torch.rand(1, 3, frames, size, size, generator=torch.Generator().manual_seed(0)).to(device) * 2 - 1
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-5)
+
+    def step(i: int) -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            posterior, recon = vae(video)
+            loss = (recon.float() - video).abs().mean() + 1e-6 * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    try:
+        return {"clip": [frames, size, size], **_timed_steps(step, steps, device, deadline)}
+    finally:
+        del optimizer
+
+
+def training(args, deadline) -> dict:
+    """Issue 26 item 6: DiT training steps at 384p and 768p per attention backend, and a VAE step."""
+    from pyramid_core.models import PyramidFluxTransformer
+    from pyramid_core.models.vae import CausalVideoVAE
+
+    device = torch.device("cuda")
+    manifests = ROOT / "tests" / "data" / "manifests"
+    with device:
+        dit = PyramidFluxTransformer.from_config(
+            json.loads((manifests / "PyramidFluxTransformer.json").read_text())["released_config"])
+    dit.train().enable_gradient_checkpointing()
+    out = {}
+    for resolution, shape in TRAIN_LATENTS.items():
+        for attention in ("auto", "triton", "sdpa"):
+            if deadline - time.perf_counter() < 20:
+                out[f"{resolution}_{attention}"] = {"skipped": "budget spent"}
+                continue
+            torch.cuda.empty_cache()
+            try:
+                out[f"{resolution}_{attention}"] = dit_training_step(dit, shape, attention, device, deadline)
+            except torch.OutOfMemoryError as err:
+                out[f"{resolution}_{attention}"] = {"error": repr(err)[:300]}
+    del dit
+    torch.cuda.empty_cache()
+    with device:
+        vae = CausalVideoVAE.from_config(json.loads((manifests / "CausalVideoVAE.json").read_text())["released_config"])
+    vae.train().enable_gradient_checkpointing()
+    out["vae_17x256"] = vae_training_step(vae, 17, 256, device, deadline)
+    return out
+
+
 # (label, weights, block swap share, cap GiB): the settings issue 25 asks to prove, most telling first.
 CAP_RUNS = (("bf16", "bf16", 0.0, None), ("bf16", "bf16", 0.0, 12), ("fp8+swap", "fp8_e4m3fn", 0.5, 8),
             ("fp8", "fp8_e4m3fn", 0.0, None), ("fp8", "fp8_e4m3fn", 0.0, 8), ("bf16", "bf16", 0.0, 24),
@@ -476,11 +590,12 @@ RUNNERS = {
     "vae_decode": vae_decode,
     "model_load": model_load,
     "memory_caps": memory_caps,
+    "training": training,
     "t2v_768p": t2v_run("768p", ("auto", "triton", "sdpa")),
 }
 # The least time a section needs to be worth starting (seconds).
 MINIMUM = {"environment": 0, "kernel_correctness": 20, "attention_speed": 30, "t2v_384p": 60, "vae_decode": 30,
-           "model_load": 45, "memory_caps": 90, "t2v_768p": 30}
+           "model_load": 45, "memory_caps": 90, "training": 60, "t2v_768p": 30}
 
 
 def parse_args(argv=None) -> argparse.Namespace:

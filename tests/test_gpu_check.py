@@ -89,3 +89,25 @@ def test_child_processes_keep_the_callers_pythonpath(monkeypatch):
     assert path == [str(gpu_check.ROOT), "/opt/extra"]
     monkeypatch.delenv("PYTHONPATH")
     assert gpu_check.child_env()["PYTHONPATH"] == str(gpu_check.ROOT)
+
+
+def test_the_training_steps_run_on_the_cpu_with_tiny_models():
+    """gpu_check's training section times these on the GPU at full size; here they run with the
+    tiny models, so a broken call shows without a GPU."""
+    import json
+
+    from pyramid_core.models import PyramidFluxTransformer
+    from pyramid_core.models.vae import CausalVideoVAE
+    from support import REPO_ROOT
+
+    torch.manual_seed(0)
+    dit = PyramidFluxTransformer(num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+                                 joint_attention_dim=32, pooled_projection_dim=16, axes_dims_rope=(4, 6, 6)).train()
+    far = float("inf")
+    cpu = torch.device("cpu")
+    step = gpu_check.dit_training_step(dit, (3, 8, 8), "sdpa", cpu, far, steps=1)
+    assert step["attention"] == "sdpa" and step["steps"] == 1 and step["seconds_per_step"] > 0
+    config = json.loads((REPO_ROOT / "tests" / "data" / "golden" / "config_vae_tiny.json").read_text())
+    vae = CausalVideoVAE.from_config(config).train()
+    step = gpu_check.vae_training_step(vae, 9, 32, cpu, far, steps=1)
+    assert step["clip"] == [9, 32, 32] and step["steps"] == 1 and step["peak_gib"] is None
