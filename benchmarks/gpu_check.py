@@ -480,10 +480,7 @@ def dit_training_step(dit, shape, attention: str, device: torch.device, deadline
         loss.backward()
         optimizer.step()
 
-    try:
-        return {"attention": attention, **_timed_steps(step, steps, device, deadline)}
-    finally:
-        del optimizer
+    return {"attention": attention, **_timed_steps(step, steps, device, deadline)}
 
 
 def vae_training_step(vae, frames: int, size: int, device: torch.device, deadline: float, steps=TRAIN_STEPS) -> dict:
@@ -500,10 +497,7 @@ def vae_training_step(vae, frames: int, size: int, device: torch.device, deadlin
         loss.backward()
         optimizer.step()
 
-    try:
-        return {"clip": [frames, size, size], **_timed_steps(step, steps, device, deadline)}
-    finally:
-        del optimizer
+    return {"clip": [frames, size, size], **_timed_steps(step, steps, device, deadline)}
 
 
 def training(args, deadline) -> dict:
