@@ -19,6 +19,16 @@ The reference is imported from ``--reference`` at run time; none of it is copied
 Without ``--reference`` the script says how to get one and exits 0.
 
     python benchmarks/vs_reference.py --reference PATH [--cases ...] [--rounds 3] [--threads 2]
+
+On a GPU (``--device cuda``, bf16 by default) both run on the device, the reference under
+the bf16 autocast its README uses, its DiT with ``use_flash_attn=False`` (SDPA with a dense
+mask) unless flash-attn is installed; the cases default to the released miniFLUX at full
+size: a DiT forward at the 384p and 768p top stage, and a whole 5 s 384p text-to-video with
+the README's steps (20, 20, 20 / 10, 10, 10), with our seconds per unit. Peaks are the
+device's peak allocated memory per call. The reference imports on a current stack
+(diffusers 0.42, transformers 5): its package ``__init__`` files import IPython and
+tensorboardX for debugging only, and where those are missing empty stand-ins are put in
+``sys.modules``.
 """
 
 from __future__ import annotations
@@ -40,6 +50,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 MEDIUM = dict(num_layers=4, num_single_layers=4, num_attention_heads=8, attention_head_dim=64)
 TEXT_WIDTH, POOLED_WIDTH = 4096, 768
 PROMPT_TOKENS, NEGATIVE_TOKENS = 30, 24          # valid T5 tokens of the prompt and the negative prompt, of 128
+
+
+def _stand_in_for_debug_modules() -> None:
+    """Empty ``IPython`` / ``tensorboardX`` modules where they are not installed: the reference
+    imports ``IPython.embed`` and ``tensorboardX.SummaryWriter`` at package import and uses
+    neither on the paths run here. They carry a ``__spec__`` (accelerate probes
+    ``find_spec("tensorboardX")``) and hand out a do-nothing stand-in for any name."""
+    import importlib.machinery
+    import importlib.util
+    import types
+
+    class Nothing:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __call__(self, *args, **kwargs):
+            return None
+
+        def __getattr__(self, name):
+            return Nothing()
+
+    for name in ("IPython", "tensorboardX"):
+        if name in sys.modules or importlib.util.find_spec(name) is not None:
+            continue
+        module = types.ModuleType(name)
+        module.__spec__ = importlib.machinery.ModuleSpec(name, None)
+        module.__getattr__ = lambda attr: Nothing
+        sys.modules[name] = module
 
 
 def import_reference(path: str):
@@ -66,6 +104,7 @@ def import_reference(path: str):
                 return fn
         return decorate
 
+    _stand_in_for_debug_modules()
     torch.library.register_fake = tolerant
     try:
         with warnings.catch_warnings():
@@ -85,13 +124,63 @@ def import_reference(path: str):
 # measuring
 # --------------------------------------------------------------------------------------
 
+class Target:
+    """Where both sides run (``--device``, ``--dtype``); CPU fp32 unless told otherwise."""
+
+    device = "cpu"
+    dtype = "fp32"
+
+    @classmethod
+    def torch_dtype(cls):
+        import torch
+
+        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cls.dtype]
+
+    @classmethod
+    def cuda(cls) -> bool:
+        return cls.device.startswith("cuda")
+
+
+def sync() -> None:
+    if Target.cuda():
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def reference_precision():
+    """The autocast the reference's README runs its pipeline under (none in fp32)."""
+    import torch
+
+    if Target.dtype == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(Target.device.split(":")[0], dtype=Target.torch_dtype())
+
+
+def timed_peak(fn):
+    """``(fn(), seconds, peak GiB allocated on the GPU during it or None on the CPU)``."""
+    import torch
+
+    if Target.cuda():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    out = fn()
+    sync()
+    seconds = time.perf_counter() - start
+    peak = round(torch.cuda.max_memory_allocated() / 2**30, 2) if Target.cuda() else None
+    return out, seconds, peak
+
+
 def alternate(ours, theirs, rounds: int) -> tuple[float, float]:
     """Median seconds of ``ours()`` and ``theirs()`` run alternately ``rounds`` times each."""
     times = {"ours": [], "theirs": []}
     for _ in range(rounds):
         for name, fn in (("theirs", theirs), ("ours", ours)):
+            sync()
             start = time.perf_counter()
             fn()
+            sync()
             times[name].append(time.perf_counter() - start)
     return statistics.median(times["ours"]), statistics.median(times["theirs"])
 
@@ -117,14 +206,17 @@ def random_dit(config: dict, seed: int = 0):
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.02)
-    return model
+    return model.to(Target.device, Target.torch_dtype())
 
 
 def reference_dit(RefFlux, ours):
+    import importlib.util
+
+    flash = Target.cuda() and importlib.util.find_spec("flash_attn") is not None
     ref = RefFlux(**{k: v for k, v in dict(ours.config).items() if not k.startswith("_")},
-                  use_flash_attn=False).eval().requires_grad_(False)
+                  use_flash_attn=flash).eval().requires_grad_(False)
     ref.load_state_dict(ours.state_dict(), strict=True)
-    return ref
+    return ref.to(Target.device, Target.torch_dtype())
 
 
 def prompt_embeddings(width: int, pooled: int, valid: int, seed: int):
@@ -142,25 +234,66 @@ def prompt_embeddings(width: int, pooled: int, valid: int, seed: int):
 # cases
 # --------------------------------------------------------------------------------------
 
-def case_dit_forward(ref_modules, rounds: int) -> None:
-    """One forward of the medium DiT at the 384p top stage with history (1,260 image tokens),
-    a CFG pair with realistic T5 masks."""
+def released_config() -> dict:
+    """The released miniFLUX config (from the checkpoint manifest)."""
+    manifest = json.loads((ROOT / "tests" / "data" / "manifests" / "PyramidFluxTransformer.json").read_text())
+    return {k: v for k, v in manifest["released_config"].items() if not k.startswith("_")}
+
+
+def last_unit_inputs(width: int, height: int, latent_frames: int, config) -> dict:
+    """DiT inputs of the last unit of a video at the top stage: a CFG pair (negative, positive
+    T5 masks), the reference's temporal-pyramid history of the past frames, the noisy frame."""
+    import torch
+
+    from pyramid_core.sampling import build_temporal_history
+
+    g = torch.Generator().manual_seed(0)
+    device, dtype = Target.device, Target.torch_dtype()
+    past = torch.randn(1, 16, latent_frames - 1, height // 8, width // 8, generator=g)
+    history = build_temporal_history(past, num_stages=3).clips[2]
+    noisy = torch.randn(1, 16, 1, height // 8, width // 8, generator=g)
+    sample = [[clip.repeat(2, 1, 1, 1, 1).to(device, dtype) for clip in [*history, noisy]]]
+    mask = torch.zeros(2, 128, dtype=torch.int64)
+    mask[0, :NEGATIVE_TOKENS], mask[1, :PROMPT_TOKENS] = 1, 1
+    return dict(sample=sample,
+                encoder_hidden_states=torch.randn(2, 128, config.joint_attention_dim, generator=g).to(device, dtype),
+                encoder_attention_mask=mask.to(device),
+                pooled_projections=torch.randn(2, config.pooled_projection_dim, generator=g).to(device, dtype),
+                timestep_ratio=torch.full((2,), 500.0).to(device, dtype))
+
+
+def case_dit_forward(ref_modules, rounds: int, size: str = "medium", resolution: str = "384p") -> None:
+    """One DiT forward: the medium DiT at the 384p top stage with history (1,260 image
+    tokens), or the full-size one at the top stage of a video's last unit (384p: 16 latent
+    frames, 768p: 31), a CFG pair with realistic T5 masks."""
     import torch
 
     from dit_forward import CASES, make_inputs
 
     _, RefFlux, _ = ref_modules
-    ours = random_dit(MEDIUM)
+    ours = random_dit(MEDIUM if size == "medium" else released_config())
     theirs = reference_dit(RefFlux, ours)
-    inputs = make_inputs(CASES["1260-tokens-384p-top-stage-with-history"], torch.device("cpu"), torch.float32,
-                         ours.config)
-    mask = torch.zeros_like(inputs["encoder_attention_mask"])
-    mask[0, :NEGATIVE_TOKENS], mask[1, :PROMPT_TOKENS] = 1, 1
-    inputs["encoder_attention_mask"] = mask
+    if size == "medium":
+        inputs = make_inputs(CASES["1260-tokens-384p-top-stage-with-history"], torch.device(Target.device),
+                             Target.torch_dtype(), ours.config)
+        mask = torch.zeros_like(inputs["encoder_attention_mask"])
+        mask[0, :NEGATIVE_TOKENS], mask[1, :PROMPT_TOKENS] = 1, 1
+        inputs["encoder_attention_mask"] = mask
+    else:
+        width, height, frames = {"384p": (640, 384, 16), "768p": (1280, 768, 31)}[resolution]
+        inputs = last_unit_inputs(width, height, frames, ours.config)
+
+    def run_theirs():
+        with reference_precision():
+            return theirs(**inputs)[0]
+
     with torch.no_grad():
-        a, b = ours(**inputs)[0], theirs(**inputs)[0]
-        ours_s, theirs_s = alternate(lambda: ours(**inputs), lambda: theirs(**inputs), rounds)
-    emit("dit-forward-medium-384p-top-stage", ours_s, theirs_s, (a - b).abs().max().item(), b.abs().max().item())
+        a, _, ours_peak = timed_peak(lambda: ours(**inputs)[0])
+        b, _, theirs_peak = timed_peak(run_theirs)
+        ours_s, theirs_s = alternate(lambda: ours(**inputs), run_theirs, rounds)
+    emit(f"dit-forward-{size}-{resolution}-top-stage", ours_s, theirs_s, (a.float() - b.float()).abs().max().item(),
+         b.float().abs().max().item(), device=Target.device, dtype=Target.dtype, ours_peak_gib=ours_peak,
+         reference_peak_gib=theirs_peak)
 
 
 class _ServedNoise:
@@ -172,19 +305,20 @@ class _ServedNoise:
         self.generator = torch.Generator().manual_seed(seed)
         self.gamma = gamma
 
-    def initial(self, shape):
+    def initial(self, shape, device="cpu", dtype=None):
         from pyramid_core.rng import standard_normal
 
-        return standard_normal(shape, generator=self.generator)
+        return standard_normal(shape, generator=self.generator).to(device, dtype)
 
     def block(self, bs, ch, temp, height, width):
         from pyramid_core.noise import block_noise
 
-        return block_noise((bs, ch, temp, height, width), self.gamma, generator=self.generator)
+        return block_noise((bs, ch, temp, height, width), self.gamma, generator=self.generator).to(Target.device)
 
 
-def case_t2v(ref_modules, rounds: int, size: str, latent_frames: int, work: Path) -> None:
-    """Text-to-video through both pipelines: steps 2,2,2 everywhere, guidance 7 / 5."""
+def case_t2v(ref_modules, rounds: int, size: str, latent_frames: int, work: Path,
+             steps=(2, 2, 2), video_steps=(2, 2, 2)) -> None:
+    """Text-to-video through both pipelines, guidance 7 / 5; ours also reports seconds per unit."""
     import torch
 
     from pyramid_core.sampling import TextConditioning, text_to_video
@@ -193,46 +327,70 @@ def case_t2v(ref_modules, rounds: int, size: str, latent_frames: int, work: Path
     if size == "tiny":
         config = dict(num_layers=1, num_single_layers=1, num_attention_heads=2, attention_head_dim=64)
         width, height = 128, 64
-    else:
+    elif size == "medium":
         config, width, height = MEDIUM, 640, 384
+    else:
+        config, width, height = released_config(), 640, 384
     ours = random_dit(config)
     pipeline = _reference_pipeline(pyramid_dit, work)
     pipeline.dit = reference_dit(RefFlux, ours)
+    pipeline.vae.to(Target.device, Target.torch_dtype())
     positive = prompt_embeddings(TEXT_WIDTH, POOLED_WIDTH, PROMPT_TOKENS, 1)
     negative = prompt_embeddings(TEXT_WIDTH, POOLED_WIDTH, NEGATIVE_TOKENS, 2)
     text = TextConditioning(positive, negative)
     frames = 1 + 8 * (latent_frames - 1)
-    steps = [2, 2, 2]
+    steps, video_steps = list(steps), list(video_steps)
+    units: list[float] = []
+
+    def on_device(embeddings):
+        dtype = Target.torch_dtype()
+        return tuple(t.to(Target.device, dtype if t.is_floating_point() else None) for t in embeddings)
 
     def run_ours():
-        return text_to_video(ours, text, width=width, height=height, num_frames=frames, steps=steps,
-                             video_steps=steps, guidance_scale=7.0, video_guidance_scale=5.0,
-                             generator=torch.Generator().manual_seed(0))
+        units.clear()
+        marks = {"start": time.perf_counter(), "unit": 0}
+
+        def unit_clock(info):               # a unit's time is read at the next unit's first step
+            if info.unit_index != marks["unit"]:
+                sync()
+                now = time.perf_counter()
+                units.append(round(now - marks["start"], 3))
+                marks.update(start=now, unit=info.unit_index)
+
+        out = text_to_video(ours, text, width=width, height=height, num_frames=frames, steps=steps,
+                            video_steps=video_steps, guidance_scale=7.0, video_guidance_scale=5.0,
+                            generator=torch.Generator().manual_seed(0), callback=unit_clock)
+        sync()
+        units.append(round(time.perf_counter() - marks["start"], 3))
+        return out
 
     def run_theirs():
         served = _ServedNoise(0, pipeline.scheduler.config.gamma)
         pipeline.prepare_latents = lambda b, c, t, h, w, dtype, device, generator: served.initial(
-            (b, c, int(t), int(h) // 8, int(w) // 8))
+            (b, c, int(t), int(h) // 8, int(w) // 8), device, dtype)
         pipeline.sample_block_noise = served.block
-        texts = iter([tuple(positive), tuple(negative)])
+        texts = iter([on_device(positive), on_device(negative)])
         pipeline.text_encoder = lambda prompts, device: next(texts)
-        return pipeline.generate(prompt="x", height=height, width=width, temp=latent_frames,
-                                 num_inference_steps=steps, video_num_inference_steps=steps, guidance_scale=7.0,
-                                 video_guidance_scale=5.0, output_type="latent", save_memory=True)
+        with reference_precision():
+            return pipeline.generate(prompt="x", height=height, width=width, temp=latent_frames,
+                                     num_inference_steps=steps, video_num_inference_steps=video_steps,
+                                     guidance_scale=7.0, video_guidance_scale=5.0, output_type="latent",
+                                     save_memory=True)
 
     with torch.no_grad():
-        a, b = run_ours(), run_theirs()
+        a, _, ours_peak = timed_peak(run_ours)
+        b, _, theirs_peak = timed_peak(run_theirs)
         ours_s, theirs_s = alternate(run_ours, run_theirs, rounds)
     emit(f"t2v-{size}-{width}x{height}-{latent_frames}-latent-frames", ours_s, theirs_s,
-         (a - b.float()).abs().max().item(), b.abs().max().item())
+         (a.float() - b.float()).abs().max().item(), b.float().abs().max().item(), device=Target.device,
+         dtype=Target.dtype, steps=[steps, video_steps], ours_seconds_per_unit=list(units),
+         ours_peak_gib=ours_peak, reference_peak_gib=theirs_peak)
 
 
 def _reference_pipeline(pyramid_dit, work: Path):
     """The reference's pipeline object, built from a throwaway folder (a 1-block DiT it is
     told to load, the tiny golden VAE; no text encoders: the cases serve embeddings)."""
     import shutil
-
-    import torch
 
     folder = work / "reference_model"
     if not folder.exists():
@@ -270,11 +428,13 @@ def case_vae(ref_modules, rounds: int, what: str, size: int, frames: int, chunk:
     theirs = RefVAE.from_config({k: v for k, v in dict(ours.config).items() if not k.startswith("_")},
                                 interpolate=False).eval().requires_grad_(False)
     theirs.load_state_dict(ours.state_dict(), strict=True)
+    ours, theirs = (m.to(Target.device, Target.torch_dtype()) for m in (ours, theirs))
     if tile is not None:
         theirs.enable_tiling()
     g = torch.Generator().manual_seed(1)
+    place = dict(device=Target.device, dtype=Target.torch_dtype())
     if what == "decode":
-        latents = torch.randn(1, 16, 1 + (frames - 1) // 8, size // 8, size // 8, generator=g)
+        latents = torch.randn(1, 16, 1 + (frames - 1) // 8, size // 8, size // 8, generator=g).to(**place)
 
         def run_ours():
             return ours.decode(latents, chunk_size=chunk, tile_size=tile)
@@ -283,7 +443,7 @@ def case_vae(ref_modules, rounds: int, what: str, size: int, frames: int, chunk:
             return theirs.decode(latents.clone(), temporal_chunk=True, window_size=chunk,
                                  tile_sample_min_size=tile or size).sample
     else:
-        video = torch.rand(1, 3, frames, size, size, generator=g) * 2 - 1
+        video = (torch.rand(1, 3, frames, size, size, generator=g) * 2 - 1).to(**place)
 
         def run_ours():
             return ours.encode(video, chunk_size=chunk or None, tile_size=tile).mean
@@ -297,9 +457,14 @@ def case_vae(ref_modules, rounds: int, what: str, size: int, frames: int, chunk:
     with torch.no_grad():
         for _ in range(rounds):                           # alternating; every run measured for memory too
             for name, fn in (("theirs", run_theirs), ("ours", run_ours)):
-                start = time.perf_counter()
-                out, mib, exact = peak_above(fn)
-                times[name].append(time.perf_counter() - start)
+                if Target.cuda():                         # the device's peak allocated memory
+                    out, seconds, gib = timed_peak(fn)
+                    mib, exact = gib * 1024, True
+                else:                                     # the process's resident memory
+                    start = time.perf_counter()
+                    out, mib, exact = peak_above(fn)
+                    seconds = time.perf_counter() - start
+                times[name].append(seconds)
                 peaks[name].append(mib)
                 if name == "ours":
                     a = out
@@ -309,13 +474,16 @@ def case_vae(ref_modules, rounds: int, what: str, size: int, frames: int, chunk:
     ours_mib, theirs_mib = max(peaks["ours"]), max(peaks["theirs"])
     name = f"vae-{what}-{size}px-{frames}-frames-{'chunk-' + str(chunk) if chunk else 'whole'}" + (
         f"-tiles-{tile}" if tile else "")
-    emit(name, ours_s, theirs_s, (a - b).abs().max().item(), b.abs().max().item(),
+    emit(name, ours_s, theirs_s, (a.float() - b.float()).abs().max().item(), b.float().abs().max().item(),
          ours_peak_mib=round(ours_mib, 1), reference_peak_mib=round(theirs_mib, 1),
          peak_ratio=round(ours_mib / theirs_mib, 3) if theirs_mib > 0 else None, peak_exact=exact)
 
 
 CASES = {
     "dit-forward": lambda mods, rounds, work: case_dit_forward(mods, rounds),
+    "dit-forward-full-384p": lambda mods, rounds, work: case_dit_forward(mods, rounds, "full", "384p"),
+    "dit-forward-full-768p": lambda mods, rounds, work: case_dit_forward(mods, rounds, "full", "768p"),
+    "t2v-full-384p": lambda mods, rounds, work: case_t2v(mods, rounds, "full", 16, work, (20, 20, 20), (10, 10, 10)),
     "t2v-tiny": lambda mods, rounds, work: case_t2v(mods, rounds, "tiny", 3, work),
     "t2v-medium-2": lambda mods, rounds, work: case_t2v(mods, rounds, "medium", 2, work),
     "t2v-medium-4": lambda mods, rounds, work: case_t2v(mods, rounds, "medium", 4, work),
@@ -327,13 +495,25 @@ CASES = {
 }
 
 
+# What runs by default: small cases on the CPU, the released sizes on a GPU.
+GPU_CASES = ("dit-forward-full-384p", "dit-forward-full-768p", "t2v-full-384p", "vae-decode-256")
+CPU_CASES = tuple(name for name in CASES if "full" not in name)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reference", help="a checkout of jy0205/Pyramid-Flow (see the module docstring)")
-    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--cases", nargs="+", choices=list(CASES),
+                        help=f"default on the CPU: {' '.join(CPU_CASES)}; on a GPU: {' '.join(GPU_CASES)}")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (the VAE cases take minutes each)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (both sides run there)")
+    parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"),
+                        help="weights and compute of both sides (default fp32 on the CPU, bf16 on a GPU)")
     args = parser.parse_args(argv)
+    Target.device = args.device
+    Target.dtype = args.dtype or ("bf16" if Target.cuda() else "fp32")
+    args.cases = args.cases or list(GPU_CASES if Target.cuda() else CPU_CASES)
     if not args.reference:
         print(json.dumps({"skipped": True, "reason": "no --reference: build its environment with "
                           "shared/tools/reference_env/setup.sh (see this file's docstring), then pass "
