@@ -10,8 +10,8 @@ it is run on that very call a few times and the fastest is kept, in memory and o
 kind, in this process or the next, go straight to the winner.
 
 Candidates: "triton" (when its self-check passes), "sdpa" (block-causal calls into PyTorch's
-flash / cuDNN / memory-efficient kernels) and "flash_attn" when installed and the call has no
-frame mask. SageAttention is never chosen by ``auto``: it quantises, so it changes results.
+flash / cuDNN / memory-efficient kernels), "flex" (``flex_attention`` with a block mask) and
+"flash_attn" when installed and the call has no frame mask. SageAttention is never chosen by ``auto``: it quantises, so it changes results.
 All candidates compute the same attention, so the choice moves results only by rounding.
 
 The timing runs the candidates on the caller's own tensors (their outputs are discarded but

@@ -6,6 +6,8 @@ Backends (all with the same semantics; :mod:`.checks` validates once for all of 
   dense boolean frame mask. Everywhere; the reference the others are tested against.
 * ``"triton"``: our kernels (:mod:`.triton_varlen`); CUDA tensors, or CPU tensors when the
   process runs Triton's interpreter (``TRITON_INTERPRET=1`` set before first use).
+* ``"flex"``: PyTorch's ``flex_attention`` with a block mask of the sequences and frames
+  (:mod:`.flex`); compiled on CUDA, eager (slow, for tests) elsewhere.
 * ``"flash_attn"``: ``flash_attn_varlen_func``, when installed; mask-free calls only.
 * ``"sage"``: ``sageattn_varlen`` (SageAttention), when installed; mask-free inference only.
 * ``"auto"``: the process default (below); if that is ``"auto"`` too, on CUDA the fastest of
@@ -39,10 +41,10 @@ import os
 
 import torch
 
-from . import checks, chooser, disk_cache, external, selfcheck
+from . import checks, chooser, disk_cache, external, flex, selfcheck
 from .sdpa import varlen_attention_sdpa
 
-BACKENDS = ("auto", "sdpa", "triton", "flash_attn", "sage")
+BACKENDS = ("auto", "sdpa", "triton", "flex", "flash_attn", "sage")
 ENV_VAR = "PYRAMID_ATTENTION_BACKEND"
 
 _default_backend: str | None = None
@@ -103,6 +105,8 @@ def _installed_reason(name: str) -> str | None:
     """Why ``name`` cannot run at all in this process (None if it may)."""
     if name == "triton" and importlib.util.find_spec("triton") is None:
         return "the triton package is not installed"
+    if name == "flex":
+        return flex.flex_unavailable_reason()
     if name == "flash_attn":
         return external.flash_attn_unavailable_reason()
     if name == "sage":
@@ -142,6 +146,8 @@ def _call_reason(name: str, q: torch.Tensor, frame_ids) -> str | None:
         return None
     if name == "triton":
         return _triton_reason(q)
+    if name == "flex":
+        return flex.flex_unavailable_reason(q, frame_ids)
     if name == "flash_attn":
         return external.flash_attn_unavailable_reason(q, frame_ids)
     if name == "sage":
@@ -168,6 +174,8 @@ def _candidates(q: torch.Tensor, frame_ids) -> list[str]:
         return []
     names = ["triton"] if _triton_fits(q) else []
     names.append("sdpa")
+    if q.dtype in (torch.float16, torch.bfloat16) and flex.flex_unavailable_reason(q, frame_ids) is None:
+        names.append("flex")
     if _installed_reason("flash_attn") is None and external.flash_attn_unavailable_reason(q, frame_ids) is None:
         names.append("flash_attn")
     return names
@@ -275,7 +283,7 @@ def varlen_attention(
             Without it every token attends its whole sequence.
         scale: softmax scale, default ``D ** -0.5``.
         backend: "auto" (the process default, see :mod:`.dispatch`), "sdpa", "triton",
-            "flash_attn" or "sage".
+            "flex", "flash_attn" or "sage".
 
     Returns:
         ``(total_tokens, H, D)`` in q's dtype; differentiable in q, k and v (except "sage").
@@ -304,6 +312,8 @@ def _run(name: str, q, k, v, cu_seqlens, frame_ids, scale) -> torch.Tensor:
     """One call on the named backend (its checks and choice already made)."""
     if name == "triton":
         return _triton_module().varlen_attention_triton(q, k, v, cu_seqlens, frame_ids, scale)
+    if name == "flex":
+        return flex.varlen_attention_flex(q, k, v, cu_seqlens, frame_ids, scale)
     if name == "flash_attn":
         return external.varlen_attention_flash_attn(q, k, v, cu_seqlens, frame_ids, scale)
     if name == "sage":
