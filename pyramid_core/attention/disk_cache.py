@@ -57,6 +57,7 @@ def kernel_hash() -> str:
     return hashlib.sha256(source).hexdigest()[:12]
 
 
+@functools.lru_cache(maxsize=None)
 def machine_key(device: torch.device) -> str:
     """``"<GPU name> sm<major><minor> torch <v> triton <v> kernels <hash>"`` for a CUDA device."""
     try:

@@ -35,7 +35,6 @@ warning (or a ``ValueError`` when ``backend="triton"`` was asked for by name).
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 import os
 
@@ -103,7 +102,7 @@ def default_backend(name: str | None):
 
 def _installed_reason(name: str) -> str | None:
     """Why ``name`` cannot run at all in this process (None if it may)."""
-    if name == "triton" and importlib.util.find_spec("triton") is None:
+    if name == "triton" and not external.installed("triton"):
         return "the triton package is not installed"
     if name == "flex":
         return flex.flex_unavailable_reason()

@@ -8,21 +8,29 @@ Both need CUDA tensors in fp16/bf16 and a host-side ``max_seqlen`` (one sync per
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 
 import torch
 
 
+@functools.lru_cache(maxsize=None)
+def installed(module: str) -> bool:
+    """Whether ``module`` can be imported, looked up once per process: ``auto`` asks on every
+    call (every layer), and a package search reads the filesystem."""
+    return importlib.util.find_spec(module) is not None
+
+
 def flash_attn_unavailable_reason(q: torch.Tensor | None = None, frame_ids=None) -> str | None:
     """Why flash-attn cannot run this call (None when it can)."""
-    if importlib.util.find_spec("flash_attn") is None:
+    if not installed("flash_attn"):
         return "the flash_attn package is not installed"
     return _cuda_half_reason("flash_attn", q, frame_ids)
 
 
 def sage_unavailable_reason(q: torch.Tensor | None = None, frame_ids=None) -> str | None:
     """Why SageAttention cannot run this call (None when it can)."""
-    if importlib.util.find_spec("sageattention") is None:
+    if not installed("sageattention"):
         return "the sageattention package is not installed"
     reason = _cuda_half_reason("sage", q, frame_ids)
     if reason is None and q is not None and torch.is_grad_enabled() and q.requires_grad:

@@ -15,10 +15,10 @@ The block mask is built once per ``(cu_seqlens, frame_ids)`` tensor pair
 from __future__ import annotations
 
 import functools
-import importlib.util
 
 import torch
 
+from .external import installed
 from .plan import TensorMemo
 
 _block_masks = TensorMemo()
@@ -26,7 +26,7 @@ _block_masks = TensorMemo()
 
 def flex_unavailable_reason(q: torch.Tensor | None = None, frame_ids=None) -> str | None:
     """Why flex_attention cannot run this call (None when it can)."""
-    if importlib.util.find_spec("torch.nn.attention.flex_attention") is None:
+    if not installed("torch.nn.attention.flex_attention"):
         return f"torch {torch.__version__} has no flex_attention (torch >= 2.5 does)"
     if q is None:
         return None
