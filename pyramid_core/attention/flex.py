@@ -4,9 +4,9 @@ One call covers every sequence: the mask allows token pairs of the same sequence
 frame is at most the query frame (or all pairs of a sequence without frame ids), and
 ``flex_attention`` skips the blocks it rules out entirely. On CUDA it runs compiled (Triton
 templates, forward and backward); elsewhere eagerly (PyTorch's reference path: correct,
-slow, for tests, forward only: it has no CPU backward). On one H200 (issue 26) it was the fastest forward+backward at the 768p
-shape, 40.8 ms against our kernels' 41.2 and SDPA's 45.2, and slower forward-only, which is
-why ``auto`` times it with the others instead of preferring it.
+slow, forward only, for tests). On one H200 (issue 26) it was the fastest forward+backward
+at the 768p shape, 40.8 ms against our kernels' 41.2 and SDPA's 45.2, and slower
+forward-only, which is why ``auto`` times it with the others instead of preferring it.
 
 The block mask is built once per ``(cu_seqlens, frame_ids)`` tensor pair
 (:class:`~.plan.TensorMemo`), without reading either on the host.

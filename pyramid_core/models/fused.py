@@ -2,9 +2,10 @@
 
 Eager PyTorch runs every op of a chain as its own kernel, each reading and writing the whole
 token tensor: the per-head RMS norm of q and k followed by RoPE is ~15 passes over
-``(tokens, heads, K)``, the affine-free LayerNorm followed by the adaLN modulation two. On
-memory-bound shapes like the 768p top stage (30,800 tokens x 1920 channels) those passes
-cost as much as the matmuls around them. Here each chain is one function, written once in
+``(tokens, heads, K)``, the affine-free LayerNorm followed by the adaLN modulation two. At
+the 768p top stage (30,800 tokens x 1920 channels, a CFG pair) that is gigabytes of memory
+traffic per block, a sizable share of its time by a bytes-moved estimate (not yet measured
+on a GPU: benchmarks/gpu_check.py). Here each chain is one function, written once in
 plain PyTorch ops (the reference semantics, and what runs on CPUs); on CUDA it is compiled
 by inductor (``torch.compile``, dynamic shapes, so no recompiles across stages or units)
 into one fused Triton kernel, forward and backward. Inductor's FX-graph and kernel caches
