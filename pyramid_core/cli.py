@@ -1,5 +1,5 @@
 """Command line: ``python -m pyramid_core generate {t2v,i2v,continue} ...``, ``generate-batch``
-and ``fit-preview``.
+and ``fit-preview`` (``download`` and ``pack-folder``: :mod:`pyramid_core.hub.cli`).
 
 Models come from an official checkpoint folder (``--model-dir`` holding
 ``diffusion_transformer_384p/``, ``_768p/`` or ``_image/``, ``causal_video_vae/`` and the
@@ -357,6 +357,11 @@ TRAINING_TOOLS = {
     "extract-latents": ("extract_latents_main", "write VAE latents of a video JSONL, resumable"),
     "extract-text": ("extract_text_main", "write text features of a JSONL, resumable"),
 }
+# Getting the weights (pyramid_core.hub.cli), each with its own arguments.
+HUB_TOOLS = {
+    "download": "fetch a variant's files from the Hugging Face Hub into ComfyUI or a folder (resumable, verified)",
+    "pack-folder": "turn official release folders into the single .safetensors files the loaders take",
+}
 
 
 def _add_generation_options(parser: argparse.ArgumentParser, batch: bool) -> None:
@@ -478,6 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     cache = commands.add_parser("cache", help="where the attention choices, self-check verdicts and kernel "
                                               "autotuning of this machine are kept; --clear forgets them")
     cache.add_argument("--clear", action="store_true", help="delete them (the next run measures again)")
+    for name, help_text in HUB_TOOLS.items():
+        commands.add_parser(name, help=help_text, add_help=False)
     for name, (_, help_text) in TRAINING_TOOLS.items():
         commands.add_parser(name, help=help_text, add_help=False)
     return parser
@@ -489,6 +496,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from .doctor import main as doctor_main
 
         return doctor_main(argv[1:])
+    if argv and argv[0] in HUB_TOOLS:
+        from .hub.cli import main as hub_main
+
+        return hub_main(argv)
     if argv and argv[0] in TRAINING_TOOLS:
         from .training import cli as training_cli
 
