@@ -19,6 +19,7 @@ import comfy.utils
 import folder_paths
 from comfy_api.latest import io
 
+from ..pyramid_core.hub.catalog import where_to_get
 from ..pyramid_core.models.block_swap import BlockSwap, transformer_blocks
 from ..pyramid_core.preview import BUILTIN_FACTORS, PreviewFactors, latent_preview_rgb
 from ..pyramid_core.sizes import check_latents_fit, check_sampler_fits
@@ -210,7 +211,10 @@ def resolve_model_path(folder_names: tuple[str, ...], name: str) -> str:
             candidate = os.path.join(root, name)
             if os.path.exists(candidate):
                 return candidate
-    raise ValueError(f"{name!r} is not in models/{'/'.join(folder_names)}: put it there and refresh the page")
+    roots = [root for folder_name in folder_names for root in folder_paths.get_folder_paths(folder_name)]
+    where = where_to_get(folder_names[0], name)
+    raise ValueError(f"{name!r} is not in models/{'/'.join(folder_names)} (looked in {', '.join(roots)}): "
+                     + (f"{where}; then refresh the page" if where else "put it there and refresh the page"))
 
 
 def check_memory_for(shape: tuple[int, ...], sampler: bool = False) -> None:

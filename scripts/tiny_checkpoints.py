@@ -6,7 +6,7 @@ models in the official layouts under the file names the workflows expect.
 
 * DiTs: the golden tiny miniFLUX/SD3 weights (official tensor names) as single files in
   ``diffusion_models/`` -- their configs are derived from the tensor shapes, as for the
-  released single files.
+  released single files -- or as an official folder where a workflow names one.
 * VAE: the golden tiny causal VAE as a single file in ``vae/`` with its config in the
   safetensors metadata (the released VAE needs none; a tiny one must say its size).
 * Text encoders: an official-layout folder (``tokenizer/``, ``text_encoder/``,
@@ -39,8 +39,20 @@ CLIP_WIDTH = 16      # pooled_projection_dim of the tiny DiTs
 T5_WIDTH = 32        # joint_attention_dim of the tiny DiTs
 
 
+def is_folder_name(name: str) -> bool:
+    """Whether a loader value names an official folder (no weight-file suffix) rather than a file."""
+    return not name.endswith((".safetensors", ".sft", ".bin", ".pt", ".pth"))
+
+
 def write_tiny_dit(models_dir: Path, name: str, family: str = "flux") -> Path:
+    """The golden tiny DiT as ``diffusion_models/<name>``: a single file, or for a folder name an
+    official folder (config.json + weights)."""
     target = Path(models_dir) / "diffusion_models" / name
+    if is_folder_name(name):
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(GOLDEN / f"config_{family}_tiny.json", target / "config.json")
+        shutil.copyfile(GOLDEN / f"weights_{family}_tiny.safetensors", target / "diffusion_pytorch_model.safetensors")
+        return target
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(GOLDEN / f"weights_{family}_tiny.safetensors", target)
     return target
@@ -168,12 +180,22 @@ def write_random_model_folder(root: Path, text_encoders: Path) -> Path:
 WORKFLOWS = ROOT / "workflows" / "api"
 TINY_TEXT_ENCODERS = "pyramid-flow-tiny"
 WIDTH, HEIGHT, FRAMES = 128, 64, 9          # 2 latent frames: the first frame and one video unit
-MODEL_FILES = {                              # file names the workflows expect -> tiny stand-in
-    "diffusion_models": {"pyramid_flow_miniflux_384p.safetensors": "flux",
-                         "pyramid_flow_miniflux_768p.safetensors": "flux",
-                         "pyramid_flow_miniflux_image.safetensors": "flux"},
-    "vae": {"pyramid_flow_causal_video_vae.safetensors": "vae"},
-}
+
+
+def workflow_model_names() -> dict[str, dict[str, str]]:
+    """``{model folder: {name: stand-in kind}}``: every DiT and VAE file or folder the shipped
+    workflows load (the published names, see pyramid_core/hub/catalog.py), read from them."""
+    names: dict[str, dict[str, str]] = {"diffusion_models": {}, "vae": {}}
+    for path in sorted(WORKFLOWS.glob("*.json")):
+        for node in json.loads(path.read_text()).values():
+            if node["class_type"] == "PyramidFlowDiTLoader":
+                names["diffusion_models"][node["inputs"]["dit_name"]] = "flux"
+            elif node["class_type"] == "PyramidFlowVAELoader":
+                names["vae"][node["inputs"]["vae_name"]] = "vae"
+    return names
+
+
+MODEL_FILES = workflow_model_names()         # names the workflows expect -> tiny stand-in
 
 
 # The toy model (scripts/train_toy_model.py, committed): what the demo and the page run, so that
@@ -219,16 +241,21 @@ def write_stand_ins(models_dir: Path, input_dir: Path, toy: bool = False) -> Non
 
 
 def write_toy_stand_ins(models_dir: Path, input_dir: Path) -> None:
-    """The toy model as single files under the workflows' file names (its config in the metadata),
+    """The toy model under the workflows' file names, as single files (its config in the metadata)
+    or official folders,
     its text encoders as ``text_encoders/pyramid-flow-toy``, and the toy inputs."""
     models_dir = Path(models_dir)
     if not TOY_MODEL.is_dir():
         raise FileNotFoundError(f"{TOY_MODEL} is missing: it is committed; rebuild it with scripts/train_toy_model.py")
     for kind, folder in (("diffusion_models", "diffusion_transformer_384p"), ("vae", "causal_video_vae")):
         for name in MODEL_FILES[kind]:
-            (models_dir / kind).mkdir(parents=True, exist_ok=True)
+            target = models_dir / kind / name
+            if is_folder_name(name):                 # an official folder, as the release's
+                shutil.copytree(TOY_MODEL / folder, target, dirs_exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
             single_file(TOY_MODEL / folder / "config.json", TOY_MODEL / folder / "diffusion_pytorch_model.safetensors",
-                        models_dir / kind / name)
+                        target)
     for name in ("tokenizer", "text_encoder", "tokenizer_2", "text_encoder_2"):
         shutil.copytree(TOY_MODEL / name, models_dir / "text_encoders" / TOY_TEXT_ENCODERS / name, dirs_exist_ok=True)
     write_toy_inputs(input_dir)

@@ -162,6 +162,24 @@ def test_model_files_load_wherever_comfyui_lists_them(tiny_comfyui, tmp_path):
         assert errors and "not an absolute path or one that climbs out with '..'" in errors[0], (name, errors)
 
 
+def test_a_missing_published_file_is_named_with_its_folder_url_and_download_command(tiny_comfyui):
+    """A workflow shared without its files: the loader says where it looked, where the file
+    comes from and the command that fetches it (the stand-in is moved away for the test)."""
+    name = "pyramid_flow_miniflux_768_bf16.safetensors"
+    present = tiny_comfyui.models_dir / "diffusion_models" / name
+    aside = present.with_name("moved_aside.bin")
+    present.replace(aside)
+    try:
+        errors = _execution_errors(tiny_comfyui.wait(tiny_comfyui.submit(_t2v_with(name, seed=13)), timeout=120))
+    finally:
+        aside.replace(present)
+    assert errors, "the loader ran without its file"
+    assert f"{name!r} is not in models/diffusion_models (looked in " in errors[0], errors
+    assert str(present.parent) in errors[0]
+    assert f"https://huggingface.co/Kijai/pyramid-flow-comfy/resolve/main/{name}" in errors[0]
+    assert "python -m pyramid_core download miniflux-768p --comfyui" in errors[0]
+
+
 def test_the_dit_loader_takes_preview_colours_fitted_to_a_vae(tiny_comfyui):
     """A fit-preview file in models/vae is offered on the DiT Loader; a broken one is refused
     before the DiT loads."""
@@ -172,7 +190,7 @@ def test_the_dit_loader_takes_preview_colours_fitted_to_a_vae(tiny_comfyui):
     (vae_dir / "broken_preview.json").write_text("{}")
     options = tiny_comfyui.object_info("PyramidFlowDiTLoader")["PyramidFlowDiTLoader"]["input"]["optional"]
     assert {"my_vae_preview.json", "broken_preview.json"} <= set(options["preview"][1]["options"])
-    prompt = _t2v_with("pyramid_flow_miniflux_384p.safetensors", seed=6)
+    prompt = _t2v_with("pyramid_flow_miniflux_bf16_v2.safetensors", seed=6)
     prompt["2"]["inputs"]["preview"] = "my_vae_preview.json"
     assert tiny_comfyui.run(prompt, timeout=240)["status"]["status_str"] == "success"
     prompt["2"]["inputs"]["preview"] = "broken_preview.json"
@@ -185,8 +203,8 @@ def test_the_dit_loader_compiles_on_request_and_gives_the_same_video(tiny_comfyu
     rounding of reordered float ops."""
     from test_nodes_sampling import _run_to_latent
 
-    eager = _run_to_latent(tiny_comfyui, _t2v_with("pyramid_flow_miniflux_384p.safetensors", seed=12), "10")
-    prompt = _t2v_with("pyramid_flow_miniflux_384p.safetensors", seed=12)
+    eager = _run_to_latent(tiny_comfyui, _t2v_with("pyramid_flow_miniflux_bf16_v2.safetensors", seed=12), "10")
+    prompt = _t2v_with("pyramid_flow_miniflux_bf16_v2.safetensors", seed=12)
     prompt["2"]["inputs"]["compile"] = "default"
     compiled = _run_to_latent(tiny_comfyui, prompt, "10")
     torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-4)

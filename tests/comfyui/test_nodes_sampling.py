@@ -76,7 +76,7 @@ def test_cancel_stops_a_vae_decode_within_a_chunk(tiny_comfyui):
     three seconds in must end the prompt within the chunk being decoded, not at the end."""
     prompt = {
         "1": {"class_type": "PyramidFlowVAELoader",
-              "inputs": {"vae_name": "pyramid_flow_causal_video_vae.safetensors", "precision": "fp32"}},
+              "inputs": {"vae_name": "pyramid_flow_vae_bf16.safetensors", "precision": "fp32"}},
         "2": {"class_type": "PyramidFlowEmptyLatent", "inputs": {
             "width": 256, "height": 256, "length": 321, "seconds": 0.0, "batch_size": 1}},
         "3": {"class_type": "PyramidFlowVAEDecode",
@@ -149,7 +149,7 @@ def test_a_lora_exported_by_the_trainer_loads_in_the_lora_node(tiny_comfyui):
     from pyramid_core.loading import load_dit, save_checkpoint
     from pyramid_core.training.lora import add_lora, export_lora, load_lora_into_dit
 
-    dit_file = tiny_comfyui.models_dir / "diffusion_models" / "pyramid_flow_miniflux_384p.safetensors"
+    dit_file = tiny_comfyui.models_dir / "diffusion_models" / "pyramid_flow_miniflux_bf16_v2.safetensors"
     trained = add_lora(load_dit(dit_file, dtype="fp32"), rank=2, alpha=6.0)
     generator = torch.Generator().manual_seed(3)
     for name, param in trained.named_parameters():

@@ -71,7 +71,7 @@ def test_the_text_to_image_workflow_follows_the_reference_notebook():
     stage, guidance 9; and an image model asked for a video is refused with what to change."""
     prompt = load_api_workflow("pyramid_flow_t2i_1024p")
     nodes = {node["class_type"]: node["inputs"] for node in prompt.values()}
-    assert nodes["PyramidFlowDiTLoader"]["dit_name"] == "pyramid_flow_miniflux_image.safetensors"
+    assert nodes["PyramidFlowDiTLoader"]["dit_name"] == "pyramid-flow-miniflux/diffusion_transformer_image"
     assert (nodes["PyramidFlowEmptyLatent"]["width"], nodes["PyramidFlowEmptyLatent"]["height"],
             nodes["PyramidFlowEmptyLatent"]["length"]) == (1024, 1024, 1)
     sampler = nodes["PyramidFlowSampler"]
