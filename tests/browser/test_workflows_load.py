@@ -25,6 +25,7 @@ from tiny_checkpoints import load_api_workflow, shrink, shrink_ui
 from ui_workflows import MARGINS, TITLE_HEIGHT, VIEWPORT, fit_view, set_widget_values
 
 CHROMIUM = "/usr/bin/chromium"
+MISSING_MODELS_WARNING = "Comfy.Workflow.ShowMissingModelsWarning"
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -86,8 +87,11 @@ def page(tiny_comfyui, artifacts_dir):
         from playwright.sync_api import sync_playwright
     except ImportError:
         require(False, "browser tests need the playwright package: bash scripts/comfyui_env.sh browser")
-    # Server-side settings: no first-run templates dialog, keep the missing-nodes warning on.
-    for key, value in {"Comfy.TutorialCompleted": True, "Comfy.Workflow.ShowMissingNodesWarning": True}.items():
+    # Server-side settings: no first-run templates dialog, keep the missing-nodes warning on; the
+    # missing-models dialog stays off (the stand-ins replace the text encoder files) but for the
+    # tests of that dialog (_fresh_page).
+    for key, value in {"Comfy.TutorialCompleted": True, "Comfy.Workflow.ShowMissingNodesWarning": True,
+                       MISSING_MODELS_WARNING: False}.items():
         comfyui.post_json(f"/settings/{key}", value)
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
     errors: list[str] = []
@@ -279,3 +283,93 @@ def test_inspection_catches_a_broken_workflow(page):
     assert result["missingByRegistry"] == ["NoSuchPyramidNode"]
     assert [link["id"] for link in result["badLinks"]] == [2]
     assert "VAEDecode#4.vae" in result["unconnected"]
+
+
+OPEN_TEMPLATES_JS = """async () => {
+    window.__missingModels = null;
+    const original = app.showMissingModelsError.bind(app);
+    app.showMissingModelsError = (models, paths) => {
+        window.__missingModels = models.map(m => ({name: m.name, url: m.url, directory: m.directory}));
+        return original(models, paths);
+    };
+    await app.extensionManager.command.execute('Comfy.BrowseTemplates');
+}"""
+
+
+def _fresh_page(page, comfyui, empty_model_folders: bool = False):
+    """A new tab on the server (nothing cached by the page), optionally with every model
+    folder reading as empty, as on a machine without the weights."""
+    import re
+
+    tab = page.context.new_page()
+    tab.set_default_timeout(60_000)
+    tab.page_errors = []
+    tab.on("pageerror", lambda err: tab.page_errors.append(str(err)[:300]))
+    if empty_model_folders:
+        tab.route(re.compile(r".*/api/experiment/models/[^/?]+$"), lambda route: route.fulfill(json=[]))
+    comfyui.post_json(f"/settings/{MISSING_MODELS_WARNING}", empty_model_folders)
+    try:                                         # read by the page as it starts
+        tab.goto(comfyui.url + "/", wait_until="domcontentloaded")
+        tab.wait_for_function("() => window.app && window.app.graph && window.LiteGraph && "
+                              "Object.keys(window.LiteGraph.registered_node_types).length > 100")
+    finally:
+        comfyui.post_json(f"/settings/{MISSING_MODELS_WARNING}", False)
+    # The page restores the last workflow of the session, which may open a dialog (missing models)
+    tab.wait_for_timeout(1000)
+    for _ in range(5):
+        if not tab.locator(".p-dialog-mask").count():
+            break
+        tab.keyboard.press("Escape")
+        tab.wait_for_timeout(300)
+    return tab
+
+
+def _pack_templates(tab):
+    """Open ComfyUI's template browser and the pack's section (under Extensions)."""
+    tab.evaluate(OPEN_TEMPLATES_JS)
+    tab.get_by_text("pyramid-flow", exact=True).first.click()
+    tab.wait_for_function("() => document.querySelectorAll('[role=dialog] img[alt^=pyramid_flow_]').length > 0")
+
+
+def test_the_template_browser_lists_the_workflows_with_their_thumbnails(page, tiny_comfyui, artifacts_dir):
+    tab = _fresh_page(page, tiny_comfyui)
+    try:
+        _pack_templates(tab)
+        tab.wait_for_function("(count) => { const imgs = [...document.querySelectorAll("
+                              "'[role=dialog] img[alt^=pyramid_flow_]')]; "
+                              "return imgs.length >= count && imgs.every(i => i.complete); }", arg=len(SHIPPED))
+        shown = tab.evaluate("() => Object.fromEntries([...document.querySelectorAll("
+                             "'[role=dialog] img[alt^=pyramid_flow_]')].map(i => [i.alt, i.naturalWidth]))")
+        tab.screenshot(path=str(artifacts_dir / "template-browser.png"))
+        assert sorted(shown) == sorted(p.stem for p in SHIPPED)
+        assert all(width > 0 for width in shown.values()), f"thumbnails that did not load: {shown}"
+        assert not tab.page_errors, tab.page_errors
+    finally:
+        tab.close()
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_a_template_opened_without_the_weights_offers_each_file_for_download(page, tiny_comfyui, path,
+                                                                            artifacts_dir):
+    """From the template browser, on a ComfyUI whose model folders are empty: the missing-models
+    dialog lists every published file of the workflow with its download link and no complaint
+    (a disallowed source, suffix or folder); the files that exist only as a folder are the note's."""
+    workflow = json.loads(path.read_text())
+    tab = _fresh_page(page, tiny_comfyui, empty_model_folders=True)
+    try:
+        _pack_templates(tab)
+        tab.locator(f"[role=dialog] img[alt={path.stem}]").click()
+        tab.wait_for_function("() => window.__missingModels !== null")
+        dialog = tab.get_by_text("Missing Models").locator("xpath=ancestor::*[@role='dialog']")
+        text = dialog.inner_text()
+        tab.screenshot(path=str(artifacts_dir / f"missing-models-{path.stem}.png"))
+        missing = tab.evaluate("() => window.__missingModels")
+        wanted = [{k: e[k] for k in ("name", "url", "directory")} for e in workflow["models"]]
+        assert sorted(missing, key=str) == sorted(wanted, key=str)
+        for entry in wanted:
+            assert f"{entry['directory']} / {entry['name']}" in text
+        assert text.count("Download") == len(wanted), text
+        assert "not allowed" not in text and "Invalid directory" not in text and "Only allowed" not in text, text
+        assert not tab.page_errors, tab.page_errors
+    finally:
+        tab.close()
