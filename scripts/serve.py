@@ -87,10 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     stand_ins = args.stand_ins or not has_pyramid_dit(comfy_dir / "models")
     if stand_ins:
         if not args.stand_ins:
-            print(f"[serve] no Pyramid Flow DiT in {comfy_dir / 'models' / 'diffusion_models'}: serving tiny "
-                  f"random-weight stand-ins from {STAND_INS} (their videos are noise). Open the stand-in "
-                  "workflows from the Workflows panel (stand-ins/...); the templates need the real models "
-                  "(see the README, 'Models: where each file goes').", flush=True)
+            print(f"[serve] no Pyramid Flow DiT in {comfy_dir / 'models' / 'diffusion_models'}: serving the toy "
+                  f"model (moving coloured shapes, 128x128) from {STAND_INS}. Open the stand-in workflows from "
+                  "the Workflows panel (stand-ins/...); the templates need the real models: "
+                  f"python -m pyramid_core download miniflux-384p --comfyui {comfy_dir} (README, 'Get the "
+                  "weights').", flush=True)
         prepare_stand_ins(STAND_INS)
         command += ["--base-directory", str(STAND_INS)]
     url = f"http://127.0.0.1:{args.port}"

@@ -12,12 +12,14 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
 from ..variants import VARIANTS
 from . import catalog
-from .download import ChecksumError, bytes_left, check_space, fetch, human_size, in_place, plan_download
+from .download import (ChecksumError, bytes_left, check_space, existing_parent, fetch, human_size, in_place,
+                       plan_download)
 
 
 def comfyui_models(folder: str) -> Path:
@@ -92,9 +94,10 @@ def download_main(argv: list[str]) -> int:
         state = "in place" if not left[file.destination] else \
             f"{human_size(file.size - left[file.destination])} there, resumes" if left[file.destination] < file.size \
             else ""
-        print(f"  {shown:<72} {human_size(file.size):>9}  {file.repo}@{file.commit[:10]}  {state}")
+        print(f"  {human_size(file.size):>9}  {shown}  ({file.repo}@{file.commit[:10]}){'  ' + state if state else ''}")
     total = sum(left.values())
-    print(f"to download: {human_size(total)} of {human_size(sum(f.size for f in planned))}")
+    print(f"to download: {human_size(total)} of {human_size(sum(f.size for f in planned))}; "
+          f"free: {human_size(shutil.disk_usage(existing_parent(root)).free)} in {existing_parent(root)}")
     problems = check_space(planned, left)
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)

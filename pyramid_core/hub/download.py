@@ -183,7 +183,8 @@ def in_place(file: PlannedFile) -> bool:
     return False
 
 
-def _existing_parent(path: Path) -> Path:
+def existing_parent(path: Path) -> Path:
+    """The nearest folder of ``path`` that exists (where its disk's free space can be read)."""
     while not path.exists() and path != path.parent:
         path = path.parent
     return path
@@ -206,7 +207,7 @@ def check_space(planned: list[PlannedFile], left: dict[Path, int], margin: int =
     needed: dict[int, int] = {}
     where: dict[int, Path] = {}
     for file in planned:
-        parent = _existing_parent(file.destination.parent)
+        parent = existing_parent(file.destination.parent)
         device = parent.stat().st_dev
         needed[device] = needed.get(device, 0) + left[file.destination]
         where.setdefault(device, parent)

@@ -348,28 +348,30 @@ def test_the_template_browser_lists_the_workflows_with_their_thumbnails(page, ti
         tab.close()
 
 
-@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
-def test_a_template_opened_without_the_weights_offers_each_file_for_download(page, tiny_comfyui, path,
-                                                                            artifacts_dir):
-    """From the template browser, on a ComfyUI whose model folders are empty: the missing-models
-    dialog lists every published file of the workflow with its download link and no complaint
-    (a disallowed source, suffix or folder); the files that exist only as a folder are the note's."""
-    workflow = json.loads(path.read_text())
+def test_a_template_opened_without_the_weights_offers_each_file_for_download(page, tiny_comfyui, artifacts_dir):
+    """From the template browser, on a ComfyUI whose model folders are empty: for every template
+    the missing-models dialog lists each published file of the workflow with its download link
+    and no complaint (a disallowed source, suffix or folder); the files that exist only as a
+    folder are the note's (tests/test_workflow_models.py)."""
     tab = _fresh_page(page, tiny_comfyui, empty_model_folders=True)
     try:
-        _pack_templates(tab)
-        tab.locator(f"[role=dialog] img[alt={path.stem}]").click()
-        tab.wait_for_function("() => window.__missingModels !== null")
-        dialog = tab.get_by_text("Missing Models").locator("xpath=ancestor::*[@role='dialog']")
-        text = dialog.inner_text()
-        tab.screenshot(path=str(artifacts_dir / f"missing-models-{path.stem}.png"))
-        missing = tab.evaluate("() => window.__missingModels")
-        wanted = [{k: e[k] for k in ("name", "url", "directory")} for e in workflow["models"]]
-        assert sorted(missing, key=str) == sorted(wanted, key=str)
-        for entry in wanted:
-            assert f"{entry['directory']} / {entry['name']}" in text
-        assert text.count("Download") == len(wanted), text
-        assert "not allowed" not in text and "Invalid directory" not in text and "Only allowed" not in text, text
+        for path in SHIPPED:
+            workflow = json.loads(path.read_text())
+            _pack_templates(tab)
+            tab.locator(f"[role=dialog] img[alt={path.stem}]").click()
+            tab.wait_for_function("() => window.__missingModels !== null")
+            dialog = tab.get_by_text("Missing Models").locator("xpath=ancestor::*[@role='dialog']")
+            text = dialog.inner_text()
+            tab.screenshot(path=str(artifacts_dir / f"missing-models-{path.stem}.png"))
+            missing = tab.evaluate("() => window.__missingModels")
+            wanted = [{k: e[k] for k in ("name", "url", "directory")} for e in workflow["models"]]
+            assert sorted(missing, key=str) == sorted(wanted, key=str), path.stem
+            for entry in wanted:
+                assert f"{entry['directory']} / {entry['name']}" in text, path.stem
+            assert text.count("Download") == len(wanted), text
+            assert "not allowed" not in text and "Invalid directory" not in text and "Only allowed" not in text, text
+            tab.keyboard.press("Escape")                         # close the dialog for the next template
+            tab.wait_for_function("() => !document.querySelector('.p-dialog-mask')")
         assert not tab.page_errors, tab.page_errors
     finally:
         tab.close()
