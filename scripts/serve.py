@@ -75,6 +75,40 @@ def write_stand_in_workflows(url: str, base: Path) -> list[Path]:
     return written
 
 
+def port_taken_by(port: int) -> str | None:
+    """What already listens on 127.0.0.1:``port`` (None: nothing), in words for the user."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        if probe.connect_ex(("127.0.0.1", port)) != 0:
+            return None
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/system_stats", timeout=5) as response:
+            stats = json.load(response).get("system", {})
+        return f"another ComfyUI (version {stats.get('comfyui_version', '?')}, python {stats.get('python_version', '?')})"
+    except (OSError, ValueError):
+        return "another program"
+
+
+def stop(process: subprocess.Popen, timeout: float = 15.0) -> None:
+    """End ComfyUI and everything it started (its own process group): SIGINT, as Ctrl-C would,
+    then SIGKILL after ``timeout`` seconds."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    except ProcessLookupError:
+        pass
+
+
+def _stop_on_sigterm(signum, frame) -> None:
+    raise KeyboardInterrupt          # unwinds main(), whose finally stops ComfyUI
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stand-ins", action="store_true", help="serve the tiny stand-ins even if real models exist")
@@ -84,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     comfy_dir, python = comfyui_location()
     command = [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(args.port),
                "--disable-auto-launch", "--preview-method", "auto", *args.extra]
+    taken = port_taken_by(args.port)
+    if taken:
+        print(f"[serve] port {args.port} is taken by {taken} on 127.0.0.1: stop it, or choose another port "
+              f"(bash scripts/comfyui_env.sh serve --port {args.port + 1})", file=sys.stderr, flush=True)
+        return 2
     stand_ins = args.stand_ins or not has_pyramid_dit(comfy_dir / "models")
     if stand_ins:
         if not args.stand_ins:
@@ -95,7 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         prepare_stand_ins(STAND_INS)
         command += ["--base-directory", str(STAND_INS)]
     url = f"http://127.0.0.1:{args.port}"
-    process = subprocess.Popen(command, cwd=comfy_dir)
+    # ComfyUI in a process group of its own, which stop() ends whole: a SIGTERM to serve (a
+    # service manager, `kill`) ends it too, instead of leaving it serving the port.
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    process = subprocess.Popen(command, cwd=comfy_dir, start_new_session=True)
     try:
         try:
             wait_until_ready(url, process, STARTUP_TIMEOUT)
@@ -109,12 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop(process)
 
 
 if __name__ == "__main__":
