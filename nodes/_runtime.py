@@ -20,6 +20,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..pyramid_core.hub.catalog import where_to_get
+from ..pyramid_core.loading import KIND_DESCRIPTIONS, kind_from_headers
 from ..pyramid_core.models.block_swap import BlockSwap, transformer_blocks
 from ..pyramid_core.preview import BUILTIN_FACTORS, PreviewFactors, latent_preview_rgb
 from ..pyramid_core.sizes import check_latents_fit, check_sampler_fits
@@ -215,6 +216,25 @@ def resolve_model_path(folder_names: tuple[str, ...], name: str) -> str:
     where = where_to_get(folder_names[0], name)
     raise ValueError(f"{name!r} is not in models/{'/'.join(folder_names)} (looked in {', '.join(roots)}): "
                      + (f"{where}; then refresh the page" if where else "put it there and refresh the page"))
+
+
+def check_model_input(folder_names: tuple[str, ...], name, kinds: tuple[str, ...], loader: str) -> bool | str:
+    """A loader's queue-time check of its file (V3 ``validate_inputs``): ``True``, or the reason
+    to refuse the prompt before any node runs: the file is absent (where it was looked for, its
+    address, the download command), or of another kind than ``kinds`` (read from its
+    safetensors headers, a few KB)."""
+    if not isinstance(name, str):          # wired from another node: checked when it runs
+        return True
+    try:
+        path = resolve_model_path(folder_names, name)
+        kind = kind_from_headers(path)
+        if kind is not None and kind not in kinds:
+            return (f"{name!r} in models/{folder_names[0]} is {KIND_DESCRIPTIONS[kind]}; the {loader} takes "
+                    f"{' or '.join(KIND_DESCRIPTIONS[k] for k in kinds)}: pick another file, or load this one "
+                    f"with the {'Pyramid Flow VAE Loader' if kind == 'vae' else 'Pyramid Flow DiT Loader'}")
+    except (ValueError, FileNotFoundError) as err:
+        return str(err) if name in str(err) else f"{name!r}: {err}"
+    return True
 
 
 def check_memory_for(shape: tuple[int, ...], sampler: bool = False) -> None:

@@ -13,7 +13,7 @@ from comfy_api.latest import io, ui
 
 from ..pyramid_core.compile import COMPILE_MODES, check_compile_available, compile_dit
 from ..pyramid_core.models.block_swap import transformer_blocks
-from ..pyramid_core.loading import check_dtype_supported, load_dit, load_vae, model_kind
+from ..pyramid_core.loading import check_dtype_supported, kind_from_headers, load_dit, load_vae, model_kind
 from ..pyramid_core.models.text_encoders import PyramidTextEncoder, detect_text_encoder_family
 from ..pyramid_core.variants import VARIANTS, choose_variant
 from ._runtime import (
@@ -23,6 +23,7 @@ from ._runtime import (
     DiTType,
     TextEncoderType,
     VAEType,
+    check_model_input,
     load_preview_factors,
     make_handle,
     model_choices,
@@ -73,6 +74,12 @@ class PyramidFlowDiTLoader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, dit_name) -> bool | str:
+        # Only dit_name: ComfyUI repeats a refusal under every input named here. The variant
+        # picked on the node is checked against the file's tensors in execute, before loading.
+        return check_model_input(("diffusion_models",), dit_name, ("flux", "mmdit"), "DiT Loader")
+
+    @classmethod
     def execute(cls, dit_name: str, precision: str, variant: str, offload: str, compile: str = "off",
                 preview: str = BUILTIN_PREVIEW, block_swap: int = 0) -> io.NodeOutput:
         # everything that can be refused is, before the DiT loads
@@ -85,6 +92,9 @@ class PyramidFlowDiTLoader(io.ComfyNode):
             check_compile_available(device)
             if block_swap:
                 raise ValueError("block_swap and compile do not go together yet: set one of them to off/0")
+        kind = kind_from_headers(path)
+        if kind is not None:
+            choose_variant(kind, dit_name, variant)        # a variant of the other family: refused unloaded
         model = load_dit(path, dtype=compute, weight_dtype=storage)
         if compile != "off":
             compile_dit(model, mode=compile, device=device)
@@ -113,6 +123,10 @@ class PyramidFlowVAELoader(io.ComfyNode):
             ],
             outputs=[VAEType.Output(display_name="vae")],
         )
+
+    @classmethod
+    def validate_inputs(cls, vae_name) -> bool | str:
+        return check_model_input(("vae",), vae_name, ("vae",), "VAE Loader")
 
     @classmethod
     def execute(cls, vae_name: str, precision: str) -> io.NodeOutput:
@@ -145,6 +159,16 @@ class PyramidFlowTextEncoderLoader(io.ComfyNode):
             ],
             outputs=[TextEncoderType.Output(display_name="text_encoder")],
         )
+
+    @classmethod
+    def validate_inputs(cls, folder) -> bool | str:
+        if not isinstance(folder, str):
+            return True
+        try:
+            detect_text_encoder_family(resolve_model_path(("text_encoders", "diffusion_models"), folder))
+        except ValueError as err:
+            return str(err)
+        return True
 
     @classmethod
     def execute(cls, folder: str, precision: str, device: str = "default") -> io.NodeOutput:

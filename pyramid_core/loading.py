@@ -197,6 +197,21 @@ def detect_kind(names) -> str:
     raise ValueError(f"this checkpoint is {what}")
 
 
+def kind_from_headers(path: str | Path) -> str | None:
+    """:func:`detect_kind` of a checkpoint read from its ``.safetensors`` headers alone (a few KB,
+    however large the file), or ``None`` where that would mean reading pickled weights (.bin).
+
+    Raises ``ValueError`` saying what the checkpoint is when it is none of ours, and
+    ``FileNotFoundError`` when there is nothing at ``path``."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    files = _folder_weight_files(path) if path.is_dir() else [path]
+    if any(file.suffix != ".safetensors" for file in files):
+        return None
+    return detect_kind(read_shapes(path))
+
+
 def _count(names, pattern: str) -> int:
     indices = {int(m.group(1)) for n in names if (m := re.match(pattern, n))}
     return max(indices) + 1 if indices else 0

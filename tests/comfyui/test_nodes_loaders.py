@@ -157,27 +157,60 @@ def test_model_files_load_wherever_comfyui_lists_them(tiny_comfyui, tmp_path):
     sibling.mkdir(exist_ok=True)
     shutil.copyfile(real_vae, sibling / "outside.safetensors")
     for name in ("../vae2/outside.safetensors", str(sibling / "outside.safetensors")):
-        entry = tiny_comfyui.wait(tiny_comfyui.submit(_vae_decode_prompt(name)), timeout=120)
-        errors = _execution_errors(entry)
-        assert errors and "not an absolute path or one that climbs out with '..'" in errors[0], (name, errors)
+        message = _refusal(tiny_comfyui, _vae_decode_prompt(name))            # when queued
+        assert "not an absolute path or one that climbs out with '..'" in message, (name, message)
 
 
-def test_a_missing_published_file_is_named_with_its_folder_url_and_download_command(tiny_comfyui):
-    """A workflow shared without its files: the loader says where it looked, where the file
-    comes from and the command that fetches it (the stand-in is moved away for the test)."""
+def _refusal(server, prompt: dict) -> str:
+    """The message of a prompt refused when queued (before any node runs); fails if it was queued."""
+    from comfyui_harness import ComfyUIError
+
+    with pytest.raises(ComfyUIError, match=r"POST /prompt was refused \(400\)") as refused:
+        server.submit(prompt)
+    return str(refused.value)
+
+
+def test_a_missing_published_file_is_refused_when_queued_naming_its_folder_url_and_command(tiny_comfyui):
+    """A workflow shared without its files: the prompt is refused as it is queued (nothing
+    loads), and the loader's message says where it looked, where the file comes from and the
+    command that fetches it (the stand-in is moved away for the test)."""
     name = "pyramid_flow_miniflux_768_bf16.safetensors"
     present = tiny_comfyui.models_dir / "diffusion_models" / name
     aside = present.with_name("moved_aside.bin")
     present.replace(aside)
     try:
-        errors = _execution_errors(tiny_comfyui.wait(tiny_comfyui.submit(_t2v_with(name, seed=13)), timeout=120))
+        message = _refusal(tiny_comfyui, _t2v_with(name, seed=13))
     finally:
         aside.replace(present)
-    assert errors, "the loader ran without its file"
-    assert f"{name!r} is not in models/diffusion_models (looked in " in errors[0], errors
-    assert str(present.parent) in errors[0]
-    assert f"https://huggingface.co/Kijai/pyramid-flow-comfy/resolve/main/{name}" in errors[0]
-    assert "python -m pyramid_core download miniflux-768p --comfyui" in errors[0]
+    assert f"{name!r} is not in models/diffusion_models (looked in " in message, message
+    assert str(present.parent) in message
+    assert f"https://huggingface.co/Kijai/pyramid-flow-comfy/resolve/main/{name}" in message
+    assert "python -m pyramid_core download miniflux-768p --comfyui" in message
+
+
+def test_a_file_of_another_kind_is_refused_when_queued_and_a_wrong_variant_before_loading(tiny_comfyui):
+    """A VAE picked in the DiT Loader and a DiT in the VAE Loader are refused before any node
+    runs, one message per loader; an SD3 variant forced on a miniFLUX file is refused by the
+    DiT Loader before it loads anything."""
+    vae_as_dit = tiny_comfyui.models_dir / "diffusion_models" / "looks_like_a_dit.safetensors"
+    shutil.copyfile(tiny_comfyui.models_dir / "vae" / "pyramid_flow_vae_bf16.safetensors", vae_as_dit)
+    message = _refusal(tiny_comfyui, _t2v_with(vae_as_dit.name))
+    assert "'looks_like_a_dit.safetensors' in models/diffusion_models is a causal video VAE" in message
+    assert "load this one with the Pyramid Flow VAE Loader" in message
+
+    assert message.count("looks_like_a_dit.safetensors' in models") == 1, "one message per loader"
+
+    prompt = _t2v_with("pyramid_flow_miniflux_bf16_v2.safetensors")
+    shutil.copyfile(tiny_comfyui.models_dir / "diffusion_models" / "pyramid_flow_miniflux_bf16_v2.safetensors",
+                    tiny_comfyui.models_dir / "vae" / "a_dit_in_vae.safetensors")
+    vae_node = next(k for k, v in prompt.items() if v["class_type"] == "PyramidFlowVAELoader")
+    prompt[vae_node]["inputs"]["vae_name"] = "a_dit_in_vae.safetensors"
+    assert "'a_dit_in_vae.safetensors' in models/vae is a miniFLUX pyramid DiT" in _refusal(tiny_comfyui, prompt)
+
+    entry = tiny_comfyui.wait(tiny_comfyui.submit(_t2v_with("pyramid_flow_miniflux_bf16_v2.safetensors", seed=14,
+                                                             variant="sd3-384p")), timeout=120)
+    errors = _execution_errors(entry)
+    assert errors and "variant sd3-384p is a mmdit model, but the checkpoint's tensors are flux" in errors[0]
 
 
 def test_the_dit_loader_takes_preview_colours_fitted_to_a_vae(tiny_comfyui):

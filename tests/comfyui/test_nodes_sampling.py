@@ -7,10 +7,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
-from comfyui_harness import output_files
+from comfyui_harness import ComfyUIError, output_files
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tiny_models, next to this file
 from tiny_models import load_api_workflow, shrink, write_tiny_lora, write_tiny_vae  # noqa: E402,F401
@@ -122,8 +123,10 @@ def test_wrong_checkpoint_kind_is_refused_clearly(tiny_comfyui):
     write_tiny_vae(tiny_comfyui.models_dir, "not_a_dit.safetensors", folder="diffusion_models")
     prompt = shrink(load_api_workflow("pyramid_flow_t2v_384p"))
     prompt["2"]["inputs"]["dit_name"] = "not_a_dit.safetensors"
-    message = _error(tiny_comfyui.wait(tiny_comfyui.submit(prompt), timeout=120))
-    assert "causal video VAE" in message and "VAE loader" in message
+    with pytest.raises(ComfyUIError, match=r"refused \(400\)") as refused:      # when queued, before any node
+        tiny_comfyui.submit(prompt)
+    assert "'not_a_dit.safetensors' in models/diffusion_models is a causal video VAE" in str(refused.value)
+    assert "load this one with the Pyramid Flow VAE Loader" in str(refused.value)
 
 
 def test_lora_patches_the_dit_and_strength_zero_is_a_no_op(tiny_comfyui):
