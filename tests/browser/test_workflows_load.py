@@ -375,3 +375,27 @@ def test_a_template_opened_without_the_weights_offers_each_file_for_download(pag
         assert not tab.page_errors, tab.page_errors
     finally:
         tab.close()
+
+
+def test_queueing_with_a_missing_dit_is_refused_before_any_node_runs(page, tiny_comfyui):
+    """Run pressed on a workflow whose DiT file is absent: the server refuses the prompt as it
+    is queued, with the loader's message (file, folder, address, command), and nothing runs."""
+    object_info = tiny_comfyui.object_info()
+    workflow = shrink_ui("pyramid_flow_t2v_384p", object_info, seed=41)
+    missing = "pyramid_flow_miniflux_768_fp8_e4m3fn.safetensors"          # published, never a stand-in here
+    assert not (tiny_comfyui.models_dir / "diffusion_models" / missing).exists()
+    set_widget_values(workflow, 2, {"dit_name": missing}, object_info)
+    before = set(tiny_comfyui.get_json("/history"))
+    page.evaluate("async (wf) => { await app.loadGraphData(wf); }", workflow)
+    with page.expect_response(lambda r: r.url.endswith("/prompt") and r.request.method == "POST") as answer:
+        page.evaluate("() => app.queuePrompt(0, 1)")
+    assert answer.value.status == 400
+    errors = answer.value.json()["node_errors"]
+    assert list(errors) == ["2"], errors                   # the DiT Loader, and only it
+    message = " ".join(e["details"] for e in errors["2"]["errors"])
+    assert f"'{missing}' is not in models/diffusion_models" in message
+    assert f"https://huggingface.co/Kijai/pyramid-flow-comfy/resolve/main/{missing}" in message
+    assert "python -m pyramid_core download miniflux-768p --comfyui" in message
+    page.wait_for_timeout(500)
+    assert set(tiny_comfyui.get_json("/history")) == before, "something ran"
+    page.keyboard.press("Escape")                          # the page's error dialog
