@@ -87,17 +87,19 @@ def download_main(argv: list[str]) -> int:
     except Exception as err:                      # the Hub's and the network's errors, named
         print(f"error: could not list the files on the Hub: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
-    left = {file.destination: bytes_left(file) for file in planned}
+    placed = {file.destination for file in planned if in_place(file)}
+    left = {file.destination: 0 if file.destination in placed else bytes_left(file) for file in planned}
     print(f"Pyramid Flow {args.variant}, {layout} layout, into {root}:")
     for file in planned:
         shown = file.destination.relative_to(root).as_posix()
-        state = "in place" if not left[file.destination] else \
+        state = "in place" if file.destination in placed else \
             f"{human_size(file.size - left[file.destination])} there, resumes" if left[file.destination] < file.size \
             else ""
         print(f"  {human_size(file.size):>9}  {shown}  ({file.repo}@{file.commit[:10]}){'  ' + state if state else ''}")
     total = sum(left.values())
+    disk = existing_parent(root)
     print(f"to download: {human_size(total)} of {human_size(sum(f.size for f in planned))}; "
-          f"free: {human_size(shutil.disk_usage(existing_parent(root)).free)} in {existing_parent(root)}")
+          f"free: {human_size(shutil.disk_usage(disk).free)} in {disk}")
     problems = check_space(planned, left)
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
@@ -107,7 +109,8 @@ def download_main(argv: list[str]) -> int:
         return 0
     try:
         for file in planned:
-            fetch(file)
+            if file.destination not in placed:
+                fetch(file)
     except ChecksumError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -117,7 +120,6 @@ def download_main(argv: list[str]) -> int:
     except Exception as err:
         print(f"error: {type(err).__name__}: {err}\nrun the same command again to resume", file=sys.stderr)
         return 1
-    assert all(in_place(file) for file in planned)
     print(_next_step(args.variant, layout, comfyui, root))
     return 0
 

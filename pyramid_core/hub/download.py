@@ -191,9 +191,8 @@ def existing_parent(path: Path) -> Path:
 
 
 def bytes_left(file: PlannedFile) -> int:
-    """What a fetch of ``file`` still has to download (0 when it is in place)."""
-    if in_place(file):
-        return 0
+    """What a fetch of ``file`` still has to download beside its partial bytes (ask
+    :func:`in_place` first: a file in place needs nothing)."""
     partial = file.partial.stat().st_size if file.partial.is_file() else 0
     return max(file.size - partial, 0)
 

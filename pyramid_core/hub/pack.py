@@ -48,14 +48,18 @@ def packed_name(component: Path, kind: str, dtype: str) -> str:
     return stem.replace("-", "_").lower() + ("" if dtype == "keep" else f"_{dtype}") + ".safetensors"
 
 
-def pack_component(component: Path, target_dir: Path, dtype: str = "keep") -> Path:
-    """Write one model folder as a single ``.safetensors`` file in ``target_dir`` (atomically);
-    returns its path."""
+def pack_component(component: Path, target_dir, dtype: str = "keep") -> Path:
+    """Write one model folder as a single ``.safetensors`` file (atomically); returns its path.
+
+    ``target_dir``: a folder, or ``target_dir(kind) -> folder`` for the kind the tensors show
+    (``"flux"``, ``"mmdit"``, ``"vae"``). The weights are read once: a pickled ``.bin`` has no
+    header to read the names from."""
     from safetensors.torch import save_file
 
-    kind = detect_kind(read_shapes(component))
     cast = None if dtype == "keep" else WEIGHT_DTYPES[dtype]
     tensors = read_state_dict(component, dtype_for=(lambda name: cast) if cast is not None else None)
+    kind = detect_kind(tensors)
+    target_dir = Path(target_dir(kind) if callable(target_dir) else target_dir)
     config = {k: v for k, v in (read_config(component) or {}).items() if not k.startswith("_")}
     target_dir.mkdir(parents=True, exist_ok=True)
     target = target_dir / packed_name(component, kind, dtype)
@@ -86,9 +90,9 @@ def pack_main(argv: list[str]) -> int:
     try:
         found = components(Path(args.folder).expanduser())
         models = comfyui_models(args.comfyui) if args.comfyui else None
+        target_dir = Path(args.out) if models is None else \
+            (lambda kind: models / ("vae" if kind == "vae" else "diffusion_models"))
         for component in found:
-            kind = detect_kind(read_shapes(component))
-            target_dir = Path(args.out) if models is None else models / ("vae" if kind == "vae" else "diffusion_models")
             target = pack_component(component, target_dir, args.dtype)
             print(f"{component} -> {target} ({human_size(target.stat().st_size)})")
     except (ValueError, FileNotFoundError, OSError) as err:
