@@ -24,7 +24,7 @@ from ..pyramid_core.loading import KIND_DESCRIPTIONS, kind_from_headers
 from ..pyramid_core.models.block_swap import BlockSwap, transformer_blocks
 from ..pyramid_core.preview import BUILTIN_FACTORS, PreviewFactors, latent_preview_rgb
 from ..pyramid_core.sizes import check_latents_fit, check_sampler_fits
-from ..pyramid_core.variants import Variant
+from ..pyramid_core.variants import VAE_SPATIAL_FACTOR, Variant
 
 # Socket types of the pack. Each carries one of the handles below, so a wire can only join
 # nodes that understand each other (a Pyramid DiT cannot reach a core KSampler).
@@ -250,13 +250,25 @@ def check_memory_for(shape: tuple[int, ...], sampler: bool = False) -> None:
 # --------------------------------------------------------------------------------------
 
 def latent_preview_image(latents: torch.Tensor, variant: Variant, first_frame: bool,
-                         factors: PreviewFactors = BUILTIN_FACTORS):
+                         factors: PreviewFactors = BUILTIN_FACTORS, size: tuple[int, int] | None = None):
     """An RGB picture of the last latent frame of the first video (PIL image), in the colours
-    of the Pyramid Flow VAE (see ``pyramid_core.preview``)."""
+    ``factors`` give the VAE's latents (see ``pyramid_core.preview``).
+
+    ``latents`` is ``(B, 16, T, h, w)``; the picture is ``h x w`` pixels, or ``size``
+    (width, height), scaled bilinearly.
+    """
     from PIL import Image
 
     rgb = latent_preview_rgb(latents[0, :, -1], variant, first_frame, factors)      # (h, w, 3) in [0, 1]
-    return Image.fromarray(rgb.mul(255).to(torch.uint8).numpy())
+    image = Image.fromarray(rgb.mul(255).to(torch.uint8).numpy())
+    return image if size is None or image.size == size else image.resize(size, Image.Resampling.BILINEAR)
+
+
+def video_size_of_stage(latents: torch.Tensor, variant: Variant, stage_index: int) -> tuple[int, int]:
+    """``(width, height)`` in pixels of the video that stage ``stage_index``'s latents
+    ``(B, C, T, h, w)`` become: each later stage doubles both sides, the VAE multiplies by 8."""
+    factor = VAE_SPATIAL_FACTOR * 2 ** (variant.num_stages - 1 - stage_index)
+    return latents.shape[-1] * factor, latents.shape[-2] * factor
 
 
 def preview_choices() -> list[str]:
@@ -312,7 +324,10 @@ def step_callback(total_steps: int, dit: ModelHandle, start_frame: int | None = 
         preview = None
         if previews:
             first = (info.start_frame if start_frame is None else start_frame) == 0
-            preview = ("JPEG", latent_preview_image(info.latents, dit.variant, first, factors), 512)
+            # At the video's own size, and sent as it is (no max size): ComfyUI would scale a
+            # small latent picture up to 512 px, and the page labels a preview with its size.
+            size = video_size_of_stage(info.latents, dit.variant, info.stage_index)
+            preview = ("JPEG", latent_preview_image(info.latents, dit.variant, first, factors, size), None)
         progress.update_absolute(info.step, info.total_steps, preview)
 
     return report

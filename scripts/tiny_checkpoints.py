@@ -203,6 +203,7 @@ MODEL_FILES = workflow_model_names()         # names the workflows expect -> tin
 # image variants share its latent normalisation and scheduler, so it serves all three names.
 TOY_MODEL = ROOT / "toy_model" / "pyramid-flow-toy"
 TOY_TEXT_ENCODERS = "pyramid-flow-toy"
+TOY_PREVIEW = "pyramid-flow-toy-preview.json"     # in models/vae: the toy VAE's preview colours (fit-preview)
 TOY_SIZE, TOY_FRAMES, TOY_CONTEXT_FRAMES = 128, 17, 9      # the toy world's clips; continuation: 9 -> 17
 TOY_STEPS, TOY_GUIDANCE = 10, 4.0                          # per stage; ToySettings' defaults
 # What each shipped workflow asks the toy model for: (colour, shape, direction, background): for
@@ -242,8 +243,8 @@ def write_stand_ins(models_dir: Path, input_dir: Path, toy: bool = False) -> Non
 
 def write_toy_stand_ins(models_dir: Path, input_dir: Path) -> None:
     """The toy model under the workflows' file names, as single files (its config in the metadata)
-    or official folders,
-    its text encoders as ``text_encoders/pyramid-flow-toy``, and the toy inputs."""
+    or official folders, its text encoders as ``text_encoders/pyramid-flow-toy``, its preview
+    colours as ``vae/`` :data:`TOY_PREVIEW`, and the toy inputs."""
     models_dir = Path(models_dir)
     if not TOY_MODEL.is_dir():
         raise FileNotFoundError(f"{TOY_MODEL} is missing: it is committed; rebuild it with scripts/train_toy_model.py")
@@ -258,6 +259,7 @@ def write_toy_stand_ins(models_dir: Path, input_dir: Path) -> None:
                         target)
     for name in ("tokenizer", "text_encoder", "tokenizer_2", "text_encoder_2"):
         shutil.copytree(TOY_MODEL / name, models_dir / "text_encoders" / TOY_TEXT_ENCODERS / name, dirs_exist_ok=True)
+    shutil.copyfile(TOY_MODEL / "preview.json", models_dir / "vae" / TOY_PREVIEW)
     write_toy_inputs(input_dir)
 
 
@@ -347,7 +349,8 @@ def _toy_edits(prompt: dict, workflow: str, seed: int) -> dict[str, tuple[str | 
     """Like :func:`_stand_in_edits`, for the toy model: its text encoders, fp32, the toy world's
     size and length (a continuation: its 9-frame clip continued to 17; an image: 1 frame), the
     prompt of ``workflow``'s case (:data:`TOY_CASES`) with the empty negative prompt the toy DiT
-    was trained with, TOY_STEPS steps per stage and guidance TOY_GUIDANCE."""
+    was trained with, TOY_STEPS steps per stage and guidance TOY_GUIDANCE, and the toy VAE's
+    preview colours."""
     from pyramid_core.toy import world
 
     caption = world.caption(*TOY_CASES[workflow])
@@ -357,7 +360,9 @@ def _toy_edits(prompt: dict, workflow: str, seed: int) -> dict[str, tuple[str | 
         if kind == "DualCLIPLoader":
             edits[node_id] = ("PyramidFlowTextEncoderLoader", {"folder": TOY_TEXT_ENCODERS, "precision": "fp32",
                                                                 "device": "default"})
-        elif kind in ("PyramidFlowDiTLoader", "PyramidFlowVAELoader"):
+        elif kind == "PyramidFlowDiTLoader":
+            edits[node_id] = (None, {"precision": "fp32", "preview": TOY_PREVIEW})
+        elif kind == "PyramidFlowVAELoader":
             edits[node_id] = (None, {"precision": "fp32"})
         elif kind == "PyramidFlowTextEncode":
             edits[node_id] = (None, {"prompt": caption, "negative_prompt": ""})

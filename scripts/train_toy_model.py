@@ -27,7 +27,9 @@ run it on their own videos:
    temporal pyramid (autoregressive units with a corrupted history), ``--dit-batch`` clips a
    step (of which a quarter train the top stage, with ``sample_ratios`` 1, 2, 1);
 6. export both in fp16 with the text encoders into one official-layout folder, and write its
-   ``training.json`` (commands, steps, losses, CPU and wall seconds).
+   ``training.json`` (commands, steps, losses, CPU and wall seconds);
+7. ``fit-preview``: the exported VAE's own latent preview colours, ``preview.json`` in that
+   folder (``--preview-only`` does only this, for a model already in ``--out``).
 
 Everything is seeded: the same command gives the same data and the same training run on the
 same software (training on another CPU may round differently). ``training.json`` records the
@@ -45,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -93,6 +96,7 @@ DIT_CONFIG = {
 VARIANT = "miniflux-384p"      # its latent normalisation and 3-stage scheduler; the name carries "384p"
 DIT_FOLDER = "diffusion_transformer_384p"
 TEXT_FOLDERS = ("tokenizer", "text_encoder", "tokenizer_2", "text_encoder_2")
+PREVIEW_FILE = "preview.json"     # fit-preview's latent-to-RGB factors for the toy VAE
 
 
 def render_dataset(folder: Path, clips: int, seed: int, combinations: int | None = None) -> Path:
@@ -147,7 +151,8 @@ class Runner:
         self.commands.append(printable)
         done = subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.PIPE, text=True)
         print(done.stdout, end="", flush=True)
-        return json.loads(done.stdout.strip().splitlines()[-1])
+        last = done.stdout.strip().splitlines()[-1]
+        return json.loads(last) if last.startswith("{") else {"output": last}     # fit-preview: a path
 
 
 def cpu_seconds() -> float:
@@ -223,6 +228,27 @@ def normalize_latent_channels(vae_folder: Path, anno: Path, clips: int = 96) -> 
             "later_frame_std": [round(float(v), 4) for v in std]}
 
 
+def fit_toy_preview(run: Runner, model: Path, folder: Path, seed: int, clips: int = 48) -> Path:
+    """The toy VAE's own latent preview colours: ``fit-preview`` of ``model``'s VAE on ``clips``
+    fresh toy clips (every colour, shape and background; rendered into ``folder``), written as
+    ``model/`` :data:`PREVIEW_FILE`. The released VAE's built-in colours mean nothing for this
+    small VAE's latents (a gray scene previewed cyan); the page's stand-in graphs pick these."""
+    rng = np.random.default_rng(seed + 2)
+    combos = world.combinations()
+    for i in range(clips):
+        color, shape, direction = combos[i % len(combos)]
+        background = list(world.BACKGROUNDS)[i % len(world.BACKGROUNDS)]
+        scene = world.random_scene(rng, color, shape, direction, background)
+        write_video(folder / f"{i:03d}.mp4", world.render(scene), world.FPS)
+    def shown(path: Path) -> str:        # paths kept in preview.json and training.json: relative where they can be
+        return os.path.relpath(path, ROOT) if path.resolve().is_relative_to(ROOT) else str(path)
+
+    run("fit-preview", "--vae", shown(model / "causal_video_vae"), "--inputs", folder, "--out", shown(model / PREVIEW_FILE),
+        "--size", str(max(world.WIDTH, world.HEIGHT)), "--frames", str(world.FRAMES), "--dtype", "fp32",
+        "--device", "cpu")
+    return model / PREVIEW_FILE
+
+
 def export_fp16(trained: Path, target: Path) -> None:
     """An exported fp32 official folder -> the same folder in fp16."""
     from safetensors.torch import load_file, save_file
@@ -247,7 +273,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dit-batch", type=int, default=64, help="clips per DiT step (a multiple of 4)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--combinations", type=int, help="train on the first N combinations only (smoke runs)")
+    parser.add_argument("--preview-clips", type=int, default=48, help="toy clips the preview colours are fitted on")
+    parser.add_argument("--preview-only", action="store_true",
+                        help="only fit the preview colours of the model already in --out (step 7)")
     args = parser.parse_args(argv)
+    if args.preview_only:
+        fit_toy_preview(Runner(), args.out, args.work / "preview", args.seed, args.preview_clips)
+        return 0
     started, cpu_start = time.monotonic(), cpu_seconds()
     work, run = args.work, Runner()
     if work.exists():
@@ -320,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     export_fp16(Path(dit["export"]), out / DIT_FOLDER)
     for name in TEXT_FOLDERS:
         shutil.copytree(text_encoders / name, out / name)
+    fit_toy_preview(run, out, work / "preview", args.seed, args.preview_clips)
     lap("export", mark)
     summary = {
         "data": {"clips": len(read_jsonl(anno)), "vae_clips": args.vae_clips,
@@ -332,8 +365,10 @@ def main(argv: list[str] | None = None) -> int:
         "dit": {k: dit[k] for k in ("step", "first_loss", "last_loss", "best_loss")},
         "seconds": timings,
         "total": {"wall_s": round(time.monotonic() - started, 1), "cpu_s": round(cpu_seconds() - cpu_start, 1)},
-        # the work folder is the reader's own choice (--work): written as <work>
-        "commands": [c.replace(str(work.resolve()), "<work>").replace(str(work), "<work>") for c in run.commands],
+        # the work and model folders are the reader's own choice (--work, --out): written as
+        # <work>, and <out> where the model folder is outside the repository
+        "commands": [c.replace(str(work.resolve()), "<work>").replace(str(work), "<work>")
+                     .replace(str(out.resolve()), "<out>").replace(str(out), "<out>") for c in run.commands],
     }
     (out / "training.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps({k: summary[k] for k in ("vae", "dit", "total")}))

@@ -85,3 +85,22 @@ def test_step_preview_is_a_picture_of_the_latent(pack):
     assert image.size == (16, 8) and image.mode == "RGB"
     expected = latent_preview_rgb(latents[0, :, -1], VARIANTS["miniflux-384p"], False).mul(255).to(torch.uint8)
     assert torch.equal(torch.tensor(np.array(image)), expected)
+
+
+def test_step_preview_is_sent_at_the_size_of_the_video(pack, monkeypatch):
+    """The page labels a preview with its size: a 128x64 video's preview is 128x64 at every
+    pyramid stage (its latents 4x2, 8x4, 16x8), sent with no max size (ComfyUI would scale it to 512)."""
+    import comfy.utils
+    from pyramid_core.sampling.progress import StepInfo
+    from pyramid_core.variants import VARIANTS
+
+    runtime = sys.modules["pyramid_flow_pack.nodes._runtime"]
+    sent = []
+    monkeypatch.setattr(comfy.utils.ProgressBar, "update_absolute",
+                        lambda self, value, total=None, preview=None: sent.append(preview))
+    monkeypatch.setattr(runtime, "_previews_enabled", lambda: True)
+    dit = runtime.ModelHandle(patcher=None, variant=VARIANTS["miniflux-384p"])
+    report = runtime.step_callback(3, dit, start_frame=1)
+    for stage, (h, w) in enumerate([(2, 4), (4, 8), (8, 16)]):
+        report(StepInfo(step=stage + 1, total_steps=3, latents=torch.randn(1, 16, 2, h, w), stage_index=stage))
+    assert [(kind, image.size, max_size) for kind, image, max_size in sent] == [("JPEG", (128, 64), None)] * 3

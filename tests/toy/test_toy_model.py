@@ -67,3 +67,32 @@ def test_the_committed_model_is_the_scripts_fp16_output():
     for name in ("causal_video_vae", "diffusion_transformer_384p"):
         with safe_open(str(MODEL / name / "diffusion_pytorch_model.safetensors"), "pt") as weights:
             assert {weights.get_slice(key).get_dtype() for key in weights.keys()} == {"F16"}, name
+
+
+def test_its_preview_colours_show_what_the_vae_decodes():
+    """``preview.json`` (fit-preview of the toy VAE, what the page's toy graphs pick) turns a
+    clip's latents into the clip's colours: on each background, a fraction of the error the
+    released VAE's built-in colours make there (those show a gray scene cyan)."""
+    import numpy as np
+    import torch
+
+    from pyramid_core.latents import normalize_latents
+    from pyramid_core.loading import load_vae
+    from pyramid_core.preview import BUILTIN_FACTORS, PreviewFactors, latent_preview_rgb
+    from pyramid_core.toy import world
+    from pyramid_core.variants import get_variant
+    from pyramid_core.video_io import frames_to_pixels
+
+    vae = load_vae(str(MODEL / "causal_video_vae"), dtype="fp32", device="cpu")
+    fitted, variant = PreviewFactors.load(MODEL / "preview.json"), get_variant("miniflux-384p")
+    rng = np.random.default_rng(5)
+    for background in world.BACKGROUNDS:
+        pixels = frames_to_pixels(torch.from_numpy(world.render(
+            world.random_scene(rng, "red", "square", "right", background)))[None])          # (1, 3, 17, 128, 128)
+        with torch.no_grad():
+            latents = normalize_latents(vae.encode(pixels).mode(), variant, first_frame=0)
+        # the last frame's colours at the latent's size (8x8 pixel means), in [0, 1]
+        target = torch.nn.functional.avg_pool2d(pixels[0, :, -1], 8).permute(1, 2, 0).add(1).div(2)
+        error = {name: float((latent_preview_rgb(latents[0, :, -1], variant, False, factors) - target).abs().mean())
+                 for name, factors in (("fitted", fitted), ("built-in", BUILTIN_FACTORS))}
+        assert error["fitted"] < 0.15 and error["fitted"] < 0.6 * error["built-in"], (background, error)

@@ -27,11 +27,12 @@ def test_the_script_trains_and_exports_a_loadable_model(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_toy_model.py"), "--out", str(out),
                            "--work", str(tmp_path / "work"), "--clips", "1", "--combinations", "3",
                            "--vae-clips", "8", "--vae-image-steps", "2", "--vae-clip-steps", "2", "--dit-steps", "4",
-                           "--dit-batch", "16"],
+                           "--dit-batch", "16", "--preview-clips", "2"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     for name in FOLDERS:
         assert (out / name).is_dir(), name
+    assert json.loads((out / "preview.json").read_text())["format"] == "pyramid-flow-preview-factors/1"
     for name in ("causal_video_vae", "diffusion_transformer_384p"):
         with safe_open(str(out / name / "diffusion_pytorch_model.safetensors"), "pt") as weights:
             assert {weights.get_slice(key).get_dtype() for key in weights.keys()} == {"F16"}, name
