@@ -67,12 +67,15 @@ def replace_node(workflow: dict, node_id: int, new_type: str, object_info: dict,
                  retarget: dict[str, str]) -> None:
     """Give node ``node_id`` another type, keeping its place and its outgoing links (in place).
 
-    The new type's widget values are its defaults (set them with :func:`set_widget_values`).
+    The new type's widget values are its defaults (set them with :func:`set_widget_values`);
+    a title given to the old node goes (it described the old type): the page shows the new
+    type's display name.
     Each outgoing link takes the new output's type; where the old type is a key of
     ``retarget``, the link moves on its target node to the input named by the value (for
     example a CLIP link moving to a text encode's ``text_encoder`` input).
     """
     node, info = _node(workflow, node_id), object_info[new_type]
+    node.pop("title", None)
     link_ids = [link for output in node.get("outputs", []) for link in (output.get("links") or [])]
     specs = dict(_inputs(info))
     widgets = [(name, spec) for name, spec in specs.items() if _is_widget(spec)]
@@ -159,7 +162,20 @@ def fit_view(workflow: dict, viewport: tuple[int, int] = VIEWPORT, margins=MARGI
 # layout
 # --------------------------------------------------------------------------------------
 
-COLUMN_GAP, NODE_GAP, ROW_GAP = 60, 50, 90
+COLUMN_GAP, NODE_GAP, ROW_GAP = 40, 40, 80
+# The height the page gives these nodes once they have run (frontend 1.32.9, measured in
+# headless Chromium): the samplers show a latent preview, the loaders and savers their media,
+# the DiT Loader its box of what it chose. A layout that leaves them less room has a node
+# grow over the one below it after a run (tests/browser checks that none does).
+RUN_HEIGHTS = {"PyramidFlowDiTLoader": 256, "PyramidFlowSampler": 614, "PyramidFlowStageSampler": 402,
+               "SaveVideo": 368, "LoadImage": 314, "LoadVideo": 348}
+
+
+def reserve_run_room(workflow: dict) -> None:
+    """Give every node of :data:`RUN_HEIGHTS` at least that height (in place)."""
+    for node in workflow["nodes"]:
+        if node["type"] in RUN_HEIGHTS:
+            node["size"] = [node["size"][0], max(node["size"][1], RUN_HEIGHTS[node["type"]])]
 
 
 def _columns(workflow: dict) -> list[list[dict]]:
@@ -189,12 +205,31 @@ def _columns(workflow: dict) -> list[list[dict]]:
     return [columns[d] for d in sorted(columns)]
 
 
-def tidy_layout(workflow: dict, row_width: float, origin=(100.0, 100.0)) -> None:
-    """Place the nodes in columns left to right, starting a new row below when a row would
-    pass ``row_width`` graph units (in place)."""
+def _stacked_height(column: list[dict]) -> float:
+    return sum(TITLE_HEIGHT + n["size"][1] for n in column) + NODE_GAP * (len(column) - 1)
+
+
+def _pack_columns(columns: list[list[dict]], max_height: float | None) -> list[list[dict]]:
+    """Consecutive columns stacked into one while the stack stays within ``max_height`` graph
+    units (None: as they are). A chain such as decode -> video -> save then takes one column's
+    width instead of three, which lets a wide graph open at a scale the page draws text at."""
+    if max_height is None:
+        return columns
+    packed: list[list[dict]] = []
+    for column in columns:
+        if packed and _stacked_height(packed[-1] + column) <= max_height:
+            packed[-1] = packed[-1] + column
+        else:
+            packed.append(list(column))
+    return packed
+
+
+def tidy_layout(workflow: dict, row_width: float, origin=(100.0, 100.0), max_height: float | None = None) -> None:
+    """Place the nodes in columns left to right (packed by :func:`_pack_columns`), starting a
+    new row below when a row would pass ``row_width`` graph units (in place)."""
     x0, y0 = origin
     x, row_top, row_bottom = x0, y0, y0
-    for column in _columns(workflow):
+    for column in _pack_columns(_columns(workflow), max_height):
         width = max(n["size"][0] for n in column)
         if x > x0 and x + width > x0 + row_width:
             x, row_top = x0, row_bottom + ROW_GAP
@@ -207,15 +242,22 @@ def tidy_layout(workflow: dict, row_width: float, origin=(100.0, 100.0)) -> None
 
 
 def tidy_and_fit(workflow: dict, viewport: tuple[int, int] = VIEWPORT) -> dict:
-    """The row width whose layout fits ``viewport`` at the largest scale, applied, and its view (in place)."""
+    """The layout (row width, column packing) that fits ``viewport`` at the largest scale,
+    applied, and its view (in place); every node first gets the room it takes after a run
+    (:func:`reserve_run_room`). Below a scale of about 0.6 the page leaves out the widgets' text."""
+    reserve_run_room(workflow)
+    columns = _columns(workflow)
+    tallest, total = max(map(_stacked_height, columns)), _stacked_height([n for c in columns for n in c])
+    heights = [None, *range(int(tallest), int(total) + 50, 25)]
     best = None
-    for row_width in range(1200, 5001, 100):
-        trial = {"nodes": [dict(n) for n in workflow["nodes"]], "links": workflow["links"]}
-        tidy_layout(trial, row_width)
-        scale = fit_view(trial, viewport)["scale"]
-        if best is None or scale > best[0] + 1e-9:
-            best = (scale, row_width)
-    tidy_layout(workflow, best[1])
+    for max_height in heights:
+        for row_width in range(1200, 5001, 100):
+            trial = {"nodes": [dict(n) for n in workflow["nodes"]], "links": workflow["links"]}
+            tidy_layout(trial, row_width, max_height=max_height)
+            scale = fit_view(trial, viewport)["scale"]
+            if best is None or scale > best[0] + 1e-9:
+                best = (scale, row_width, max_height)
+    tidy_layout(workflow, best[1], max_height=best[2])
     workflow.setdefault("extra", {})["ds"] = fit_view(workflow, viewport)
     return workflow["extra"]["ds"]
 
