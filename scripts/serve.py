@@ -6,15 +6,16 @@ Models are the ComfyUI's own (``models/`` of the pinned ComfyUI in ``.cache/comf
 ``COMFYUI_DIR``). When none of its diffusion models is a Pyramid Flow DiT -- as on a fresh
 machine, where the real weights are not downloaded -- or with ``--stand-ins``, the page is
 served from ``.cache/stand-ins/`` instead: the toy model (``toy_model/pyramid-flow-toy``, trained
-on the toy world of moving shapes) under the file names the workflows use, and, in the page's
-Workflows panel, the shipped workflows made to ask it for toy-world scenes ("stand-ins/...").
-The shipped templates load the text encoders with the core DualCLIPLoader (t5xxl + clip_l),
-which always builds a full-size T5-XXL, so no stand-in can serve them; the stand-in workflows
-use the Pyramid Flow Text Encoder Loader instead. At the seed they open with (the demo's) their
-videos show the prompted shape moving the prompted way; other seeds, less often (the toy
-model's MODEL_CARD.md). Prompts of the toy world's words (colours red, green, blue, yellow;
-square, circle, triangle; right, left, up, down; black, gray, striped backgrounds) are what it
-can draw. Latent previews are on (``--preview-method auto``).
+on the toy world of moving shapes) under the file names the workflows use, and a template
+browser whose templates are the shipped workflows set up for it (:func:`toy_template`), so that
+each runs with one click. Why not the shipped graphs themselves: they load the text encoders
+with the core DualCLIPLoader (t5xxl + clip_l), which always builds a full-size T5-XXL, so no
+stand-in file can serve them; the toy versions use the Pyramid Flow Text Encoder Loader.
+At the seed they open with (the demo's) their videos show the prompted shape moving the
+prompted way; other seeds, less often (the toy model's MODEL_CARD.md). Prompts of the toy
+world's words (colours red, green, blue, yellow; square, circle, triangle; right, left, up,
+down; black, gray, striped backgrounds) are what it can draw. Latent previews are on
+(``--preview-method auto``), in the toy VAE's own colours.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,12 +32,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from comfyui_harness import (PACK_ROOT, ComfyUIError, comfyui_location, prepare_base_dir,  # noqa: E402
-                             wait_until_ready)
+from comfyui_harness import (PACK_NAME, PACK_ROOT, ComfyUIError, comfyui_location,  # noqa: E402
+                             prepare_base_dir, wait_until_ready)
 import tiny_checkpoints  # noqa: E402
 
 STAND_INS = PACK_ROOT / ".cache" / "stand-ins"
 DIT_SUFFIXES = (".safetensors", ".sft", ".bin", ".pt", ".pth")
+SERVE_ARGS = ("--preview-method", "auto")    # the samplers' latent previews on the nodes
 STARTUP_TIMEOUT = 180.0     # seconds; a first start unpacks the frontend and imports torch
 
 
@@ -54,23 +57,87 @@ def has_pyramid_dit(models_dir: Path) -> bool:
 
 
 def prepare_stand_ins(base: Path) -> None:
-    """A ComfyUI base directory with the stand-in models, input media and this pack."""
-    prepare_base_dir(base)
+    """A ComfyUI base directory with the toy model under the workflows' file names, the toy
+    inputs, and this pack as a shadow pack (:func:`write_shadow_pack`) whose templates are
+    written once the server is up (:func:`write_toy_templates`)."""
+    write_shadow_pack(base / "custom_nodes" / PACK_NAME)
+    prepare_base_dir(base)                                 # the other folders; keeps the shadow pack
     tiny_checkpoints.write_stand_ins(base / "models", base / "input", toy=True)
+    # the Workflows-panel copies older versions of serve wrote: the templates replace them
+    shutil.rmtree(base / "user" / "default" / "workflows" / "stand-ins", ignore_errors=True)
 
 
-def write_stand_in_workflows(url: str, base: Path) -> list[Path]:
-    """The shipped workflows made to run on the toy model, in the page's Workflows panel."""
+def write_shadow_pack(target: Path) -> Path:
+    """This pack as ComfyUI loads it from ``target``, but with a ``workflows/`` folder of its own.
+
+    ComfyUI's template browser lists a pack's ``workflows/*.json``. The shipped templates load
+    the text encoders with the core DualCLIPLoader (t5xxl + clip_l), which always builds a
+    full-size T5-XXL (9.3 GB), so no stand-in file can serve them: on the toy model the
+    templates must be other graphs. ``target`` holds a link to every top-level entry of the
+    pack but ``workflows/`` (and hidden ones: ``.cache`` holds this very folder), and a real
+    ``workflows/`` with the thumbnails; the graphs come from :func:`write_toy_templates`.
+    """
+    if target.is_symlink():
+        target.unlink()
+    elif target.exists():
+        shutil.rmtree(target)            # only links and written graphs: never the pack's files
+    (target / "workflows").mkdir(parents=True)
+    for entry in sorted(PACK_ROOT.iterdir()):
+        if entry.name != "workflows" and not entry.name.startswith("."):
+            (target / entry.name).symlink_to(entry, target_is_directory=entry.is_dir())
+    for thumbnail in sorted(tiny_checkpoints.WORKFLOWS.parent.glob("*.jpg")):     # copies: aiohttp's static
+        shutil.copyfile(thumbnail, target / "workflows" / thumbnail.name)         # route refuses links
+    return target
+
+
+TOY_NOTE = """**Toy version of this template**, set up by `serve`: no Pyramid Flow DiT is in \
+`models/diffusion_models`, so the pack's toy model stands in under the file names loaded here. It draws \
+one red, green, blue or yellow square, circle or triangle moving right, left, up or down on a black, gray \
+or striped background, 128x128 px, and knows only those words.
+
+For real videos: `python -m pyramid_core download {variant} --comfyui <your ComfyUI folder>`, then start \
+`serve` again."""
+NOTE_SIZE = (300, 330)
+
+
+def toy_template(name: str, object_info: dict) -> dict:
+    """The shipped UI workflow ``name`` made to run on the toy model (``tiny_checkpoints``' toy
+    edits, at the demo's seed: its text encoders, size, length, steps and preview colours),
+    with a note saying so, laid out anew, and its ``models`` list cut to the files it still
+    loads (the stand-ins: no download offered for the text encoders it no longer uses)."""
+    from pyramid_core.hub.catalog import known_files
+    from ui_workflows import tidy_and_fit
+
+    workflow = tiny_checkpoints.shrink_ui(name, object_info, seed=tiny_checkpoints.TOY_DEMO_SEEDS[name], toy=True)
+    values = {value for node in workflow["nodes"] for value in node.get("widgets_values") or [] if isinstance(value, str)}
+    models = [entry for entry in workflow.get("models", []) if entry["name"] in values]
+    workflow.pop("models", None)
+    if models:
+        workflow["models"] = models
+    dit_name = next(node["widgets_values"][0] for node in workflow["nodes"] if node["type"] == "PyramidFlowDiTLoader")
+    note_id = max(node["id"] for node in workflow["nodes"]) + 1
+    workflow["nodes"].append({
+        "id": note_id, "type": "MarkdownNote", "pos": [0.0, 0.0], "size": list(NOTE_SIZE),   # placed by the layout
+        "flags": {}, "order": len(workflow["nodes"]), "mode": 0, "inputs": [], "outputs": [],
+        "title": "Toy model", "properties": {},
+        "widgets_values": [TOY_NOTE.format(variant=known_files()[dit_name][1])],
+        "color": "#232", "bgcolor": "#353"})
+    workflow["last_node_id"] = max(workflow.get("last_node_id", 0), note_id)
+    tidy_and_fit(workflow)
+    return workflow
+
+
+def write_toy_templates(url: str, base: Path) -> list[Path]:
+    """:func:`toy_template` of every shipped workflow into the shadow pack's ``workflows/``,
+    under the shipped names (what the template browser lists); needs the running server's
+    ``/object_info``."""
     with urllib.request.urlopen(url + "/object_info", timeout=60) as response:
         object_info = json.load(response)
-    folder = base / "user" / "default" / "workflows" / "stand-ins"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = base / "custom_nodes" / PACK_NAME / "workflows"
     written = []
     for path in sorted(tiny_checkpoints.WORKFLOWS.glob("*.json")):
         target = folder / path.name
-        workflow = tiny_checkpoints.shrink_ui(path.stem, object_info, seed=tiny_checkpoints.TOY_DEMO_SEEDS[path.stem],
-                                              toy=True)
-        target.write_text(json.dumps(workflow, indent=1))
+        target.write_text(json.dumps(toy_template(path.stem, object_info), indent=1) + "\n")
         written.append(target)
     return written
 
@@ -117,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     comfy_dir, python = comfyui_location()
     command = [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(args.port),
-               "--disable-auto-launch", "--preview-method", "auto", *args.extra]
+               "--disable-auto-launch", *SERVE_ARGS, *args.extra]
     taken = port_taken_by(args.port)
     if taken:
         print(f"[serve] port {args.port} is taken by {taken} on 127.0.0.1: stop it, or choose another port "
@@ -125,12 +192,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     stand_ins = args.stand_ins or not has_pyramid_dit(comfy_dir / "models")
     if stand_ins:
-        if not args.stand_ins:
-            print(f"[serve] no Pyramid Flow DiT in {comfy_dir / 'models' / 'diffusion_models'}: serving the toy "
-                  f"model (moving coloured shapes, 128x128) from {STAND_INS}. Open the stand-in workflows from "
-                  "the Workflows panel (stand-ins/...); the templates need the real models: "
-                  f"python -m pyramid_core download miniflux-384p --comfyui {comfy_dir} (README, 'Get the "
-                  "weights').", flush=True)
+        why = "--stand-ins" if args.stand_ins else f"no Pyramid Flow DiT in {comfy_dir / 'models' / 'diffusion_models'}"
+        print(f"[serve] {why}: serving the toy model (moving coloured shapes, 128x128) from {STAND_INS}. The "
+              "template browser (Workflow > Browse Templates > pyramid-flow) offers each template set up for it. "
+              "For real videos: python -m pyramid_core download miniflux-384p --comfyui "
+              f"{comfy_dir} (README, 'Get the weights'), then serve again.", flush=True)
         prepare_stand_ins(STAND_INS)
         command += ["--base-directory", str(STAND_INS)]
     url = f"http://127.0.0.1:{args.port}"
@@ -144,8 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         except ComfyUIError as err:
             raise SystemExit(f"[serve] {err}") from None
         if stand_ins:
-            written = write_stand_in_workflows(url, STAND_INS)
-            print(f"[serve] {len(written)} stand-in workflows in the Workflows panel under stand-ins/", flush=True)
+            written = write_toy_templates(url, STAND_INS)
+            print(f"[serve] {len(written)} templates set up for the toy model", flush=True)
         print(f"[serve] open {url} (Ctrl-C stops)", flush=True)
         return process.wait()
     except KeyboardInterrupt:

@@ -35,14 +35,16 @@ def artifacts_dir() -> Path:
 
 
 @contextlib.contextmanager
-def _running_server(log_file: Path):
+def _running_server(log_file: Path, prepare=None, extra_args: tuple[str, ...] = ()):
     """A started ComfyUI with this pack (skipped when none is installed); always stopped, its
-    log left in ``log_file``."""
+    log left in ``log_file``. ``prepare(base_dir)`` runs before it starts."""
     try:
-        server = ComfyUIServer(base_dir=None)
+        server = ComfyUIServer(base_dir=None, extra_args=extra_args)
     except ComfyUIError as err:
         require(False, str(err))
     try:
+        if prepare is not None:
+            prepare(server.base_dir)
         server.start()
     except ComfyUIError as err:
         server.cleanup()
@@ -73,12 +75,14 @@ def tiny_comfyui(comfyui):
 
 @pytest.fixture(scope="session")
 def toy_comfyui(artifacts_dir):
-    """A second ComfyUI whose models are the committed toy model under the workflows' file names
-    (the demo's setup), with the toy world's input image and clip."""
-    from tiny_checkpoints import write_stand_ins
+    """A second ComfyUI set up as ``serve`` sets it up without real models: the committed toy
+    model under the workflows' file names, the toy world's input image and clip, latent
+    previews on, and the template browser's templates made for the toy model (scripts/serve.py)."""
+    import serve
 
-    with _running_server(artifacts_dir / "toy_comfyui_server.log") as server:
-        write_stand_ins(server.models_dir, server.input_dir, toy=True)
+    with _running_server(artifacts_dir / "toy_comfyui_server.log", prepare=serve.prepare_stand_ins,
+                         extra_args=serve.SERVE_ARGS) as server:
+        serve.write_toy_templates(server.url, server.base_dir)
         yield server
 
 

@@ -11,25 +11,19 @@ into the page when it is dropped on it.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 from pathlib import Path
-from urllib.parse import urlencode, urlparse
+from urllib.parse import urlencode
 
 import pytest
 
 from comfyui_harness import output_files
-from support import REPO_ROOT, require
+from browser_support import open_pack_templates, open_page
+from support import REPO_ROOT
 from tiny_checkpoints import load_api_workflow, shrink, shrink_ui
 from ui_workflows import MARGINS, TITLE_HEIGHT, VIEWPORT, fit_view, set_widget_values
 
-CHROMIUM = "/usr/bin/chromium"
 MISSING_MODELS_WARNING = "Comfy.Workflow.ShowMissingModelsWarning"
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 # UI-format graphs: the pack's workflows (the API twins live in workflows/api/) and the
 # core-only graphs kept in tests/ so that the test runs before any workflow exists.
 SHIPPED = sorted((REPO_ROOT / "workflows").glob("*.json"))
@@ -79,47 +73,19 @@ INSPECT_JS = """async (wf) => {
 
 
 @pytest.fixture(scope="module")
-def page(tiny_comfyui, artifacts_dir):
+def page(tiny_comfyui, chromium):
     comfyui = tiny_comfyui
-    require(Path(CHROMIUM).is_file(), f"browser tests need Debian's chromium at {CHROMIUM}: "
-                                       "bash scripts/comfyui_env.sh browser")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        require(False, "browser tests need the playwright package: bash scripts/comfyui_env.sh browser")
     # Server-side settings: no first-run templates dialog, keep the missing-nodes warning on; the
     # missing-models dialog stays off (the stand-ins replace the text encoder files) but for the
     # tests of that dialog (_fresh_page).
     for key, value in {"Comfy.TutorialCompleted": True, "Comfy.Workflow.ShowMissingNodesWarning": True,
                        MISSING_MODELS_WARNING: False}.items():
         comfyui.post_json(f"/settings/{key}", value)
-    profile = tempfile.mkdtemp(prefix="chromium-profile-")
-    errors: list[str] = []
-    external: list[str] = []
-    with sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1400, "height": 900})
-
-        def keep_on_loopback(route):  # the page must never leave this machine
-            if urlparse(route.request.url).hostname in ("127.0.0.1", "localhost", None):
-                return route.continue_()
-            external.append(route.request.url)
-            return route.abort()
-
-        context.route("**/*", keep_on_loopback)
-        pg = context.new_page()
-        pg.set_default_timeout(60_000)
-        pg.on("pageerror", lambda err: errors.append(str(err)[:300]))
-        pg.goto(comfyui.url + "/", wait_until="domcontentloaded")
-        pg.wait_for_function("() => window.app && window.app.graph && window.LiteGraph && "
-                             "Object.keys(window.LiteGraph.registered_node_types).length > 100")
-        pg.page_errors = errors
-        try:
-            yield pg
-        finally:
-            context.close()
-            shutil.rmtree(profile, ignore_errors=True)
+    pg = open_page(chromium, comfyui.url)
+    try:
+        yield pg
+    finally:
+        pg.close()
 
 
 def test_there_is_something_to_load():
@@ -285,14 +251,13 @@ def test_inspection_catches_a_broken_workflow(page):
     assert "VAEDecode#4.vae" in result["unconnected"]
 
 
-OPEN_TEMPLATES_JS = """async () => {
+MISSING_MODELS_HOOK_JS = """() => {
     window.__missingModels = null;
     const original = app.showMissingModelsError.bind(app);
     app.showMissingModelsError = (models, paths) => {
         window.__missingModels = models.map(m => ({name: m.name, url: m.url, directory: m.directory}));
         return original(models, paths);
     };
-    await app.extensionManager.command.execute('Comfy.BrowseTemplates');
 }"""
 
 
@@ -301,17 +266,10 @@ def _fresh_page(page, comfyui, empty_model_folders: bool = False):
     folder reading as empty, as on a machine without the weights."""
     import re
 
-    tab = page.context.new_page()
-    tab.set_default_timeout(60_000)
-    tab.page_errors = []
-    tab.on("pageerror", lambda err: tab.page_errors.append(str(err)[:300]))
-    if empty_model_folders:
-        tab.route(re.compile(r".*/api/experiment/models/[^/?]+$"), lambda route: route.fulfill(json=[]))
+    routes = {re.compile(r".*/api/experiment/models/[^/?]+$"): lambda route: route.fulfill(json=[])}
     comfyui.post_json(f"/settings/{MISSING_MODELS_WARNING}", empty_model_folders)
     try:                                         # read by the page as it starts
-        tab.goto(comfyui.url + "/", wait_until="domcontentloaded")
-        tab.wait_for_function("() => window.app && window.app.graph && window.LiteGraph && "
-                              "Object.keys(window.LiteGraph.registered_node_types).length > 100")
+        tab = open_page(page.context, comfyui.url, routes if empty_model_folders else None)
     finally:
         comfyui.post_json(f"/settings/{MISSING_MODELS_WARNING}", False)
     # The page restores the last workflow of the session, which may open a dialog (missing models)
@@ -325,10 +283,9 @@ def _fresh_page(page, comfyui, empty_model_folders: bool = False):
 
 
 def _pack_templates(tab):
-    """Open ComfyUI's template browser and the pack's section (under Extensions)."""
-    tab.evaluate(OPEN_TEMPLATES_JS)
-    tab.get_by_text("pyramid-flow", exact=True).first.click()
-    tab.wait_for_function("() => document.querySelectorAll('[role=dialog] img[alt^=pyramid_flow_]').length > 0")
+    """Open ComfyUI's template browser at the pack's section, noting the missing-models dialog's list."""
+    tab.evaluate(MISSING_MODELS_HOOK_JS)
+    open_pack_templates(tab)
 
 
 def test_the_template_browser_lists_the_workflows_with_their_thumbnails(page, tiny_comfyui, artifacts_dir):
