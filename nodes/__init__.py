@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from ._runtime import register_prompt_hook
 from .conditioning import PyramidFlowGuidanceSchedule, PyramidFlowPromptSchedule, PyramidFlowTextEncode
 from .history import PyramidFlowHistory
 from .latents import PyramidFlowEmptyLatent
@@ -41,4 +42,5 @@ class PyramidFlowExtension(ComfyExtension):
 
 
 async def comfy_entrypoint() -> PyramidFlowExtension:
+    register_prompt_hook()          # the loaders' queue-time checks read the queued prompt
     return PyramidFlowExtension()

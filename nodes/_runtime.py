@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
@@ -235,6 +236,40 @@ def check_model_input(folder_names: tuple[str, ...], name, kinds: tuple[str, ...
     except (ValueError, FileNotFoundError) as err:
         return str(err) if name in str(err) else f"{name!r}: {err}"
     return True
+
+
+# ComfyUI calls a node's validate_inputs with only the inputs it names, and repeats a refusal
+# under every one of them. To check a file against another of its inputs (the DiT Loader's
+# variant) in one message, a loader names only the file and reads the other input from the
+# prompt being queued, kept here by an on_prompt handler: it runs in the /prompt request's own
+# task just before ComfyUI validates the prompt, so each request sees its own prompt.
+_QUEUED_PROMPT: ContextVar[dict] = ContextVar("pyramid_flow_queued_prompt", default={})
+
+
+def remember_queued_prompt(json_data: dict) -> dict:
+    """ComfyUI ``on_prompt`` handler: keeps the queued prompt for :func:`queued_input`."""
+    prompt = json_data.get("prompt") if isinstance(json_data, dict) else None
+    _QUEUED_PROMPT.set(prompt if isinstance(prompt, dict) else {})
+    return json_data
+
+
+def register_prompt_hook() -> None:
+    """Install :func:`remember_queued_prompt` on the running server (once; none: nothing to do)."""
+    try:
+        from server import PromptServer
+    except ImportError:
+        return
+    server = getattr(PromptServer, "instance", None)
+    if server is not None and remember_queued_prompt not in server.on_prompt_handlers:
+        server.add_on_prompt_handler(remember_queued_prompt)
+
+
+def queued_input(node_id, name: str):
+    """Input ``name`` of node ``node_id`` in the prompt being queued: its widget value, or
+    ``None`` (no such prompt or node, or the input is wired from another node)."""
+    node = _QUEUED_PROMPT.get().get(str(node_id)) if node_id is not None else None
+    value = node.get("inputs", {}).get(name) if isinstance(node, dict) else None
+    return None if isinstance(value, list) else value
 
 
 def check_memory_for(shape: tuple[int, ...], sampler: bool = False) -> None:

@@ -28,6 +28,7 @@ from ._runtime import (
     make_handle,
     model_choices,
     preview_choices,
+    queued_input,
     resolve_model_path,
     text_encoder_folders,
 )
@@ -71,13 +72,24 @@ class PyramidFlowDiTLoader(io.ComfyNode):
                                      "0 = off."),
             ],
             outputs=[DiTType.Output(display_name="dit")],
+            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
     def validate_inputs(cls, dit_name) -> bool | str:
-        # Only dit_name: ComfyUI repeats a refusal under every input named here. The variant
-        # picked on the node is checked against the file's tensors in execute, before loading.
-        return check_model_input(("diffusion_models",), dit_name, ("flux", "mmdit"), "DiT Loader")
+        # Only dit_name is named (ComfyUI repeats a refusal under every input named here); the
+        # variant picked on the node comes from the queued prompt (_runtime.queued_input).
+        checked = check_model_input(("diffusion_models",), dit_name, ("flux", "mmdit"), "DiT Loader")
+        variant = queued_input(cls.hidden.unique_id, "variant") if cls.hidden is not None else None
+        if checked is not True or not isinstance(dit_name, str) or variant in (None, "auto"):
+            return checked
+        kind = kind_from_headers(resolve_model_path(("diffusion_models",), dit_name))
+        try:
+            if kind is not None:
+                choose_variant(kind, dit_name, variant)
+        except ValueError as err:
+            return f"{dit_name!r} in models/diffusion_models: {err}"
+        return True
 
     @classmethod
     def execute(cls, dit_name: str, precision: str, variant: str, offload: str, compile: str = "off",

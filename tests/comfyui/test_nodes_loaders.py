@@ -188,10 +188,10 @@ def test_a_missing_published_file_is_refused_when_queued_naming_its_folder_url_a
     assert "python -m pyramid_core download miniflux-768p --comfyui" in message
 
 
-def test_a_file_of_another_kind_is_refused_when_queued_and_a_wrong_variant_before_loading(tiny_comfyui):
-    """A VAE picked in the DiT Loader and a DiT in the VAE Loader are refused before any node
-    runs, one message per loader; an SD3 variant forced on a miniFLUX file is refused by the
-    DiT Loader before it loads anything."""
+def test_a_file_of_another_kind_or_a_wrong_variant_is_refused_when_queued(tiny_comfyui):
+    """A VAE picked in the DiT Loader, a DiT in the VAE Loader, and an SD3 variant forced on a
+    miniFLUX file are refused before any node runs, one message per loader; a variant of the
+    file's family passes."""
     vae_as_dit = tiny_comfyui.models_dir / "diffusion_models" / "looks_like_a_dit.safetensors"
     shutil.copyfile(tiny_comfyui.models_dir / "vae" / "pyramid_flow_vae_bf16.safetensors", vae_as_dit)
     message = _refusal(tiny_comfyui, _t2v_with(vae_as_dit.name))
@@ -207,10 +207,14 @@ def test_a_file_of_another_kind_is_refused_when_queued_and_a_wrong_variant_befor
     prompt[vae_node]["inputs"]["vae_name"] = "a_dit_in_vae.safetensors"
     assert "'a_dit_in_vae.safetensors' in models/vae is a miniFLUX pyramid DiT" in _refusal(tiny_comfyui, prompt)
 
-    entry = tiny_comfyui.wait(tiny_comfyui.submit(_t2v_with("pyramid_flow_miniflux_bf16_v2.safetensors", seed=14,
-                                                             variant="sd3-384p")), timeout=120)
-    errors = _execution_errors(entry)
-    assert errors and "variant sd3-384p is a mmdit model, but the checkpoint's tensors are flux" in errors[0]
+    message = _refusal(tiny_comfyui, _t2v_with("pyramid_flow_miniflux_bf16_v2.safetensors", seed=14,
+                                                variant="sd3-384p"))
+    assert ("'pyramid_flow_miniflux_bf16_v2.safetensors' in models/diffusion_models: variant sd3-384p is a mmdit "
+            "model, but the checkpoint's tensors are flux: choose a flux variant or auto") in message, message
+    assert message.count("variant sd3-384p is a mmdit model") == 1, "one message per loader"
+    entry = tiny_comfyui.run(_t2v_with("pyramid_flow_miniflux_bf16_v2.safetensors", seed=14,
+                                       variant="miniflux-768p"), timeout=240)
+    assert entry["status"]["status_str"] == "success"
 
 
 def test_the_dit_loader_takes_preview_colours_fitted_to_a_vae(tiny_comfyui):
