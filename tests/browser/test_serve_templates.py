@@ -66,7 +66,8 @@ def test_the_template_browser_offers_the_toy_versions(toy_comfyui):
     for name in TEMPLATES:
         workflow = json.loads((served / f"{name}.json").read_text())
         assert any(n["type"] == "MarkdownNote" and n.get("title") == "Toy model" for n in workflow["nodes"]), name
-        assert not any(n["type"] == "DualCLIPLoader" for n in workflow["nodes"]), name
+        assert not any(n["type"] == "DualCLIPLoader" or "T5-XXL" in n.get("title", "") for n in workflow["nodes"]), name
+        assert {m["directory"] for m in workflow["models"]} <= {"diffusion_models", "vae"}, name   # no text encoders
         assert [n["widgets_values"][5] for n in workflow["nodes"] if n["type"] == "PyramidFlowDiTLoader"] == \
             [TOY_PREVIEW], name
         assert not overlapping([{"node": n["id"], "box": [n["pos"][0], n["pos"][1] - 30, n["pos"][0] + n["size"][0],
