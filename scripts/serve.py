@@ -90,10 +90,10 @@ def write_shadow_pack(target: Path) -> Path:
     return target
 
 
-TOY_NOTE = """**Toy version of this template**, set up by `serve`: no Pyramid Flow DiT is in \
-`models/diffusion_models`, so the pack's toy model stands in under the file names loaded here. It draws \
-one red, green, blue or yellow square, circle or triangle moving right, left, up or down on a black, gray \
-or striped background, 128x128 px, and knows only those words.
+TOY_NOTE = """**Toy version of this template**, set up by `serve` (no Pyramid Flow DiT in \
+`models/diffusion_models`, or `--stand-ins`): the pack's toy model stands in under the file names loaded \
+here. It draws one red, green, blue or yellow square, circle or triangle moving right, left, up or down on a \
+black, gray or striped background, 128x128 px, and knows only those words.
 
 For real videos: `python -m pyramid_core download {variant} --comfyui <your ComfyUI folder>`, then start \
 `serve` again."""
