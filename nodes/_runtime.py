@@ -219,11 +219,13 @@ def resolve_model_path(folder_names: tuple[str, ...], name: str) -> str:
                      + (f"{where}; then refresh the page" if where else "put it there and refresh the page"))
 
 
-def check_model_input(folder_names: tuple[str, ...], name, kinds: tuple[str, ...], loader: str) -> bool | str:
+def check_model_input(folder_names: tuple[str, ...], name, kinds: tuple[str, ...], loader: str,
+                      fits_kind=None) -> bool | str:
     """A loader's queue-time check of its file (V3 ``validate_inputs``): ``True``, or the reason
     to refuse the prompt before any node runs: the file is absent (where it was looked for, its
     address, the download command), or of another kind than ``kinds`` (read from its
-    safetensors headers, a few KB)."""
+    safetensors headers, a few KB), or ``fits_kind(kind)`` raised ``ValueError`` for it (the
+    loader's other inputs against the file: the DiT Loader's variant)."""
     if not isinstance(name, str):          # wired from another node: checked when it runs
         return True
     try:
@@ -235,6 +237,11 @@ def check_model_input(folder_names: tuple[str, ...], name, kinds: tuple[str, ...
                     f"with the {'Pyramid Flow VAE Loader' if kind == 'vae' else 'Pyramid Flow DiT Loader'}")
     except (ValueError, FileNotFoundError) as err:
         return str(err) if name in str(err) else f"{name!r}: {err}"
+    try:
+        if fits_kind is not None and kind is not None:
+            fits_kind(kind)
+    except ValueError as err:
+        return f"{name!r} in models/{folder_names[0]}: {err}"
     return True
 
 

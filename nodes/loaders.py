@@ -79,17 +79,9 @@ class PyramidFlowDiTLoader(io.ComfyNode):
     def validate_inputs(cls, dit_name) -> bool | str:
         # Only dit_name is named (ComfyUI repeats a refusal under every input named here); the
         # variant picked on the node comes from the queued prompt (_runtime.queued_input).
-        checked = check_model_input(("diffusion_models",), dit_name, ("flux", "mmdit"), "DiT Loader")
         variant = queued_input(cls.hidden.unique_id, "variant") if cls.hidden is not None else None
-        if checked is not True or not isinstance(dit_name, str) or variant in (None, "auto"):
-            return checked
-        kind = kind_from_headers(resolve_model_path(("diffusion_models",), dit_name))
-        try:
-            if kind is not None:
-                choose_variant(kind, dit_name, variant)
-        except ValueError as err:
-            return f"{dit_name!r} in models/diffusion_models: {err}"
-        return True
+        fits = None if variant in (None, "auto") else (lambda kind: choose_variant(kind, dit_name, variant))
+        return check_model_input(("diffusion_models",), dit_name, ("flux", "mmdit"), "DiT Loader", fits_kind=fits)
 
     @classmethod
     def execute(cls, dit_name: str, precision: str, variant: str, offload: str, compile: str = "off",
@@ -104,13 +96,14 @@ class PyramidFlowDiTLoader(io.ComfyNode):
             check_compile_available(device)
             if block_swap:
                 raise ValueError("block_swap and compile do not go together yet: set one of them to off/0")
-        kind = kind_from_headers(path)
-        if kind is not None:
-            choose_variant(kind, dit_name, variant)        # a variant of the other family: refused unloaded
+        kind = kind_from_headers(path)             # None for pickled weights: known once loaded
+        if kind is not None:                       # a variant of the other family: refused unloaded
+            chosen, why = choose_variant(kind, dit_name, variant)
         model = load_dit(path, dtype=compute, weight_dtype=storage)
         if compile != "off":
             compile_dit(model, mode=compile, device=device)
-        chosen, why = choose_variant(model_kind(model), dit_name, variant)
+        if kind is None:
+            chosen, why = choose_variant(model_kind(model), dit_name, variant)
         log.info("Pyramid Flow DiT %s: variant %s", dit_name, why)
         handle = make_handle(model, offload=offload, kind="dit", variant=chosen, preview=factors,
                              block_swap=min(block_swap, len(transformer_blocks(model))))
