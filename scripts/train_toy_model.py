@@ -240,6 +240,7 @@ def fit_toy_preview(run: Runner, model: Path, folder: Path, seed: int, clips: in
         background = list(world.BACKGROUNDS)[i % len(world.BACKGROUNDS)]
         scene = world.random_scene(rng, color, shape, direction, background)
         write_video(folder / f"{i:03d}.mp4", world.render(scene), world.FPS)
+
     def shown(path: Path) -> str:        # paths kept in preview.json and training.json: relative where they can be
         return os.path.relpath(path, ROOT) if path.resolve().is_relative_to(ROOT) else str(path)
 

@@ -14,6 +14,7 @@ from browser_support import open_pack_templates, open_page
 from comfyui_harness import output_files
 from support import REPO_ROOT
 from tiny_checkpoints import TOY_PREVIEW, TOY_SIZE
+from ui_workflows import TITLE_HEIGHT
 
 TEMPLATES = sorted(p.stem for p in (REPO_ROOT / "workflows").glob("*.json"))
 
@@ -70,8 +71,9 @@ def test_the_template_browser_offers_the_toy_versions(toy_comfyui):
         assert {m["directory"] for m in workflow["models"]} <= {"diffusion_models", "vae"}, name   # no text encoders
         assert [n["widgets_values"][5] for n in workflow["nodes"] if n["type"] == "PyramidFlowDiTLoader"] == \
             [TOY_PREVIEW], name
-        assert not overlapping([{"node": n["id"], "box": [n["pos"][0], n["pos"][1] - 30, n["pos"][0] + n["size"][0],
-                                                          n["pos"][1] + n["size"][1]]} for n in workflow["nodes"]])
+        assert not overlapping([{"node": n["id"], "box": [n["pos"][0], n["pos"][1] - TITLE_HEIGHT,
+                                                          n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1]]}
+                                for n in workflow["nodes"]])
 
 
 @pytest.mark.parametrize("name", TEMPLATES)
