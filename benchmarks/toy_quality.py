@@ -1,22 +1,29 @@
-"""Quality against cost on the toy model: what a sampler setting does to videos, not to tensors.
+"""Quality against cost on the toy model: what a sampler or precision setting does to videos, not to tensors.
 
-For each setting (steps per pyramid stage; history: recent units at full resolution, a cap on
-past latent frames) it samples the toy model (the committed ``toy_model/pyramid-flow-toy``, or
+For each setting it samples the toy model (the committed ``toy_model/pyramid-flow-toy``, or
 another folder written by ``scripts/train_toy_model.py --out DIR``) through the library's
 pipelines and runs the checks of pyramid_core/toy/checks.py:
 
-* ``t2v``: the prompted colour moves the prompted way (every prompt of ``checks.T2V_CASES``,
-  half of them held out of training, over ``--seeds`` seeds);
+* ``t2v``: the prompted colour, in the prompted shape, moves the prompted way (every prompt of
+  ``checks.T2V_CASES``, half of them held out of training, over ``--seeds`` seeds; ``t2v_held_out``
+  is the rate of the held-out half);
 * ``i2v``: frame 0 is the image, the object keeps its shape and colour and moves;
 * ``continue``: the continuation keeps the clip's colour and direction of motion at the seam;
 
 the last two from as many scenes (``checks.scene_for``) as text-to-video makes videos.
 
-One JSON line per setting: the success rate of each check, the number of videos behind it, and
-the mean seconds per video (sampling and decoding, this machine, on the CPU; fp32 unless --dtypes
-names others, one set of rows per DiT dtype).
+The settings: the steps per pyramid stage of ``--steps``, then at the largest of them the
+history variants (recent units at full resolution, a cap on past latent frames), all with the
+DiT in fp32; then one row for each of ``--options``, at the largest step count: the DiT in fp16,
+its linear weights stored in fp8 (``fp8_e4m3fn``, computed in fp32), or its blocks compiled with
+``torch.compile`` (``compile``: the first videos include the compilation). The VAE stays in
+``--vae-dtype``.
 
-    python benchmarks/toy_quality.py [--model DIR] [--seeds 5] [--steps 1,2,4,10] [--dtypes fp32,fp16]
+One JSON line per setting: the success rate of each check, the number of videos behind it, and
+the mean seconds per video (sampling and decoding, this machine); ``--markdown`` then prints
+them as the model card's table.
+
+    python benchmarks/toy_quality.py [--model DIR] [--seeds 4] [--steps 1,2,4,10] [--options fp16,fp8_e4m3fn,compile]
 """
 
 from __future__ import annotations
@@ -50,44 +57,80 @@ def settings_grid(steps: list[int]) -> list[tuple[dict, ToySettings]]:
 
 def measure(model: ToyModel, settings: ToySettings, seeds: int) -> dict:
     videos, started, rates = 0, time.perf_counter(), {}
-    runs = {
-        "t2v": [lambda s, c=c: checks.check_text_to_video(model, c, s, settings) for c in checks.T2V_CASES],
-    }
-    scenes = len(checks.T2V_CASES)
-    runs["i2v"] = [lambda s, k=k: checks.check_image_to_video(model, checks.scene_for(k * seeds + s), s, settings)
-                   for k in range(scenes)]
-    runs["continue"] = [lambda s, k=k: checks.check_continuation(model, checks.scene_for(k * seeds + s), s, settings)
-                        for k in range(scenes)]
-    for name, makers in runs.items():
-        verdicts = [make(seed) for make in makers for seed in range(seeds)]
-        videos += len(verdicts)
+    t2v = [(case, seed, checks.check_text_to_video(model, case, seed, settings))
+           for case in checks.T2V_CASES for seed in range(seeds)]
+    runs = {"t2v": [verdict for _, _, verdict in t2v],
+            "t2v_held_out": [verdict for case, _, verdict in t2v if checks.is_held_out(case)]}
+    scenes = range(len(checks.T2V_CASES) * seeds)
+    runs["i2v"] = [checks.check_image_to_video(model, checks.scene_for(k), k % seeds, settings) for k in scenes]
+    runs["continue"] = [checks.check_continuation(model, checks.scene_for(k), k % seeds, settings) for k in scenes]
+    for name, verdicts in runs.items():
+        if name != "t2v_held_out":
+            videos += len(verdicts)
         rates[name] = round(checks.success_rate(verdicts), 3)
         rates[f"{name}_videos"] = len(verdicts)
     rates["seconds_per_video"] = round((time.perf_counter() - started) / videos, 3)
     return rates
 
 
+QUALITY_FILE = "quality.json"      # tiny_checkpoints.TOY_QUALITY: what the demo reads
+OPTIONS = {"fp16": {"dtype": "fp16"}, "fp8_e4m3fn": {"dtype": "fp8_e4m3fn"}, "compile": {"compile": "default"}}
+
+
+def markdown(rows: list[dict]) -> str:
+    """The rows as the model card's table."""
+    lines = ["| DiT | steps per stage | history | text-to-video (held-out) | image-to-video | continuation | s / video |",
+             "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        history = (f"{row['recent_units']} recent unit{'s' if row['recent_units'] > 1 else ''}, "
+                   + ("all frames" if row["history_frames"] is None else f"{row['history_frames']} past frame(s)"))
+        lines.append(f"| {row['dit']} | {row['steps_per_stage']} | {history} | {row['t2v']:.3f} ({row['t2v_held_out']:.3f}) "
+                     f"| {row['i2v']:.3f} | {row['continue']:.3f} | {row['seconds_per_video']:.2f} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=ROOT / "toy_model" / "pyramid-flow-toy",
                         help="a model folder written by scripts/train_toy_model.py (its --out; default: the committed one)")
-    parser.add_argument("--seeds", type=int, default=5, help="seeds per prompt / images / clips")
+    parser.add_argument("--seeds", type=int, default=4, help="seeds per prompt / images / clips")
     parser.add_argument("--steps", default="1,2,4,10", help="steps per stage to compare")
-    parser.add_argument("--dtypes", default="fp32",
-                        help="DiT dtypes to compare, e.g. fp32,fp16,fp8_e4m3fn (fp16 runs on the CPU, slowly; "
-                             "fp8_e4m3fn: fp8 linear weights computed in fp32; the VAE stays in --vae-dtype)")
+    parser.add_argument("--options", default=",".join(OPTIONS),
+                        help=f"precision and compile rows at the largest step count, of {', '.join(OPTIONS)} "
+                             "(fp16 runs on the CPU, slowly; none: '')")
     parser.add_argument("--vae-dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
     parser.add_argument("--no-history-variants", action="store_true", help="only the step counts of --steps")
+    parser.add_argument("--markdown", action="store_true", help="also print the rows as a markdown table")
+    parser.add_argument("--write-quality", action="store_true",
+                        help="write the fp32 row at the largest step count to MODEL/quality.json: the rates "
+                             "the demo prints beside its verdicts")
     args = parser.parse_args()
+    options = [o for o in args.options.split(",") if o]
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        parser.error(f"--options {','.join(unknown)}: choose from {', '.join(OPTIONS)}")
     grid = settings_grid([int(s) for s in args.steps.split(",")])
     if args.no_history_variants:
         grid = [(label, settings) for label, settings in grid if label["recent_units"] == 1
                 and label["history_frames"] is None]
-    for dtype in args.dtypes.split(","):
-        model = ToyModel(args.model, dtype=dtype, vae_dtype=args.vae_dtype)
-        for label, settings in grid:
-            print(json.dumps({"benchmark": "toy_quality", "dtype": dtype, "vae_dtype": args.vae_dtype, **label,
-                              **measure(model, settings, args.seeds)}), flush=True)
+    top = next((label, settings) for label, settings in grid            # the largest step count, default history
+               if label["steps_per_stage"] == max(settings.steps) == max(int(n) for n in args.steps.split(","))
+               and label["recent_units"] == 1 and label["history_frames"] is None)
+    runs = [("fp32", {}, grid)] + [(option, OPTIONS[option], [top]) for option in options]
+    rows = []
+    for name, kwargs, settings_list in runs:
+        model = ToyModel(args.model, vae_dtype=args.vae_dtype, **kwargs)
+        for label, settings in settings_list:
+            rows.append({"benchmark": "toy_quality", "dit": name, "vae_dtype": args.vae_dtype, **label,
+                         **measure(model, settings, args.seeds)})
+            print(json.dumps(rows[-1]), flush=True)
+            if args.write_quality and name == "fp32" and (label, settings) == top:
+                quality = {key: rows[-1][key] for key in rows[-1] if key.startswith(("t2v", "i2v", "continue"))}
+                quality.update(seeds=args.seeds, steps_per_stage=label["steps_per_stage"], guidance=settings.guidance,
+                               written_by="python benchmarks/toy_quality.py --write-quality")
+                (args.model / QUALITY_FILE).write_text(json.dumps(quality, indent=1) + "\n")
+    if args.markdown:
+        print(markdown(rows))
     return 0
 
 

@@ -48,10 +48,11 @@ class ToySettings:
 class ToyModel:
     """The toy model's DiT, VAE and text encoders, loaded once (fp32 on the CPU by default;
     ``vae_dtype`` defaults to ``dtype``). ``dtype="fp8_e4m3fn"``: the DiT's linear weights
-    stored in fp8 and computed in fp32 (everything else in fp32)."""
+    stored in fp8 and computed in fp32 (everything else in fp32). ``compile``: a mode of
+    :data:`~pyramid_core.compile.COMPILE_MODES` to ``torch.compile`` the DiT's blocks with."""
 
     def __init__(self, folder: str | Path, device: str = "cpu", dtype: str = "fp32",
-                 vae_dtype: str | None = None) -> None:
+                 vae_dtype: str | None = None, compile: str | None = None) -> None:
         from ..loading import load_dit, load_vae, model_kind, resolve_dtype
         from ..models.text_encoders import PyramidTextEncoder
         from ..variants import choose_variant
@@ -61,6 +62,10 @@ class ToyModel:
         if dtype == "fp8_e4m3fn":
             dtype, storage = "fp32", "fp8_e4m3fn"
         self.dit = load_dit(folder / DIT_FOLDER, dtype=dtype, weight_dtype=storage, device=device)
+        if compile:
+            from ..compile import compile_dit
+
+            compile_dit(self.dit, compile, device)
         self.variant, _ = choose_variant(model_kind(self.dit), DIT_FOLDER)
         self.vae = load_vae(folder / "causal_video_vae", dtype=vae_dtype or dtype, device=device)
         self.text = TextCache(PyramidTextEncoder.from_pretrained(folder, dtype=resolve_dtype(dtype), device=device))
