@@ -47,11 +47,27 @@ def is_held_out(case: tuple[str, ...]) -> bool:
 
 
 def check_text_to_video(model: ToyModel, case: tuple[str, str, str, str], seed: int,
-                        settings: ToySettings = ToySettings()) -> judge.Verdict:
-    """The prompt of ``case`` (colour, shape, direction, background): the prompted colour moves the prompted way."""
-    color, shape, direction, background = case
-    frames = model.text_to_video(world.caption(color, shape, direction, background), seed, settings)
-    return judge.judge_motion(frames, color, direction, MIN_SHIFT)
+                        settings: ToySettings = ToySettings(), shape: bool = True) -> judge.Verdict:
+    """The prompt of ``case`` (colour, shape, direction, background): the prompted colour, in the
+    prompted shape, moves the prompted way (:func:`judge_text_to_video`; ``shape=False``:
+    colour and motion only)."""
+    color, shape_name, direction, background = case
+    frames = model.text_to_video(world.caption(color, shape_name, direction, background), seed, settings)
+    return judge_text_to_video(frames, color, shape_name, direction, shape)
+
+
+def judge_text_to_video(frames: np.ndarray, color: str, shape: str, direction: str,
+                        check_shape: bool = True) -> judge.Verdict:
+    """Frames (T, H, W, 3) of a prompt ``color shape moves direction``: the prompted colour
+    dominates, moves the prompted way (:func:`judge.judge_motion`, MIN_SHIFT px), and (unless
+    not ``check_shape``) the shape most frames show (:func:`judge.dominant_shape`) is the
+    prompted one."""
+    verdict = judge.judge_motion(frames, color, direction, MIN_SHIFT)
+    drawn = judge.dominant_shape(judge.read_video(frames))
+    if drawn == shape or not check_shape:
+        return judge.Verdict(verdict.ok, verdict.reasons, {**verdict.measures, "shape": drawn})
+    return judge.Verdict(False, [*verdict.reasons, f"most frames show a {drawn}, asked for a {shape}"],
+                         {**verdict.measures, "shape": drawn})
 
 
 def scene_for(seed: int, held_out: bool | None = None) -> world.Scene:

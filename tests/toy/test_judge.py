@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pyramid_core.toy import judge, world
+from pyramid_core.toy import checks, judge, world
 
 
 @pytest.mark.parametrize("background", sorted(world.BACKGROUNDS))
@@ -36,6 +36,18 @@ def test_wrong_colour_and_direction_fail():
     for wrong in ("left", "up", "down"):
         verdict = judge.judge_motion(frames, "red", wrong)
         assert not verdict.ok and "moved" in verdict.reasons[0], verdict
+
+
+def test_text_to_video_also_needs_the_prompted_shape():
+    """checks.judge_text_to_video: colour and motion as judge_motion, and the shape most frames show."""
+    scene = world.random_scene(np.random.default_rng(5), "blue", "triangle", "down", "striped")
+    frames = world.render(scene)
+    assert checks.judge_text_to_video(frames, "blue", "triangle", "down").ok
+    for wrong in ("square", "circle"):
+        verdict = checks.judge_text_to_video(frames, "blue", wrong, "down")
+        assert not verdict.ok and verdict.reasons == [f"most frames show a triangle, asked for a {wrong}"], verdict
+    verdict = checks.judge_text_to_video(frames, "red", "square", "down")
+    assert not verdict.ok and len(verdict.reasons) == 2, verdict
 
 
 def test_a_still_object_and_noise_fail():
