@@ -5,14 +5,19 @@ pack, and runs each API workflow in ``workflows/api/``. Models: ``--models DIR``
 ComfyUI ``models/`` folder holding the real files the workflows name (see the README);
 without it the demo writes the toy model (``toy_model/pyramid-flow-toy``, trained on the toy
 world by ``scripts/train_toy_model.py``) under those names and makes each workflow ask it for a
-toy-world scene at 128x128 px (prompt, size, length, steps: ``tiny_checkpoints.TOY_CASES``;
-seed: ``TOY_DEMO_SEEDS``, one at which the model gets it right), so that everything runs on a
-CPU in a minute and every video shows the prompted shape moving the prompted way.
+toy-world scene at 128x128 px (prompt, size, length, steps: ``tiny_checkpoints.TOY_CASES``),
+at one seed for all (``--seed``), so that everything runs on a CPU in a minute. Each toy video
+is then judged by the toy model's own checks (the prompted colour and shape moving the prompted
+way, frame 0 being the image, ...: ``tiny_checkpoints.judge_toy_output``), and the table shows
+the verdict beside the model's success rate for that kind of video over many seeds (its
+``quality.json``), so that one unlucky seed reads as what it is.
 ``--random-stand-ins`` uses untrained tiny weights instead (videos of noise, in seconds).
 Videos are copied to ``--out``.
 
-Every workflow runs even when one fails; a table (workflow, status, seconds, output) ends
-the run, and the exit code is 1 if any workflow failed.
+Every workflow runs even when one fails; a table (workflow, status, seconds, output, and for
+the toy model the verdict) ends the run, and the exit code is 1 if any workflow failed (a
+verdict of the toy model's checks does not change it: that is the model's quality, not the
+pack's function).
 
     python scripts/demo.py [--models ~/ComfyUI/models] [--out output] [t2v_384p ...]
 """
@@ -41,18 +46,36 @@ class Outcome:
     seconds: float = 0.0
     output: str = ""
     error: str = ""
+    judged: str = ""        # the toy model's checks on the output, and the model's rate for them
+
+
+# Which of the toy model's rates (quality.json, benchmarks/toy_quality.py) a workflow's verdict
+# stands beside: that of the library's check its judgement is.
+RATE_OF = {"t2v_384p": "t2v", "t2v_768p": "t2v", "t2v_per_stage": "t2v", "i2v_384p": "i2v",
+           "continue_384p": "continue"}
+RATE_NAMES = {"t2v": "text-to-video", "i2v": "image-to-video", "continue": "continuation"}
+
+
+def verdict_text(name: str, output: Path, rates: dict) -> str:
+    """'shows it' or 'misses it (reason)' for the toy model's output of workflow ``name``, with
+    the model's success rate for that check when ``rates`` has it."""
+    verdict = tiny_checkpoints.judge_toy_output(f"pyramid_flow_{name}", tiny_checkpoints.read_saved(output))
+    text = "shows it" if verdict.ok else f"misses it ({verdict.reasons[0]})"
+    rate = rates.get(RATE_OF.get(name, ""))
+    return text + (f"; the model's {RATE_NAMES[RATE_OF[name]]} rate: {rate:.0%}" if rate is not None else "")
 
 
 def run_workflow(server: ComfyUIServer, name: str, real_models: bool, out: Path, timeout: float,
-                 toy: bool = True) -> Outcome:
-    """Run one shipped workflow; never raises (a failure is recorded in the outcome)."""
+                 toy: bool = True, seed: int = tiny_checkpoints.TOY_SEED, rates: dict | None = None) -> Outcome:
+    """Run one shipped workflow; never raises (a failure is recorded in the outcome). On the toy
+    model (``toy`` without ``real_models``) at ``seed``, with its output judged."""
     outcome = Outcome(name)
     started = time.monotonic()
+    on_toy = toy and not real_models
     try:
         prompt = tiny_checkpoints.load_api_workflow(f"pyramid_flow_{name}")
-        if toy and not real_models:
-            workflow = f"pyramid_flow_{name}"
-            prompt = tiny_checkpoints.shrink(prompt, seed=tiny_checkpoints.TOY_DEMO_SEEDS[workflow], toy=workflow)
+        if on_toy:
+            prompt = tiny_checkpoints.shrink(prompt, seed=seed, toy=f"pyramid_flow_{name}")
         elif not real_models:
             prompt = tiny_checkpoints.shrink(prompt)
         entry = server.run(prompt, timeout=timeout)
@@ -63,6 +86,8 @@ def run_workflow(server: ComfyUIServer, name: str, real_models: bool, out: Path,
             target = out / item["filename"]
             shutil.copyfile(server.output_dir / item.get("subfolder", "") / item["filename"], target)
             outcome.output = str(target)
+        if on_toy:
+            outcome.judged = verdict_text(name, Path(outcome.output), rates or {})
     except Exception as err:  # noqa: BLE001 -- one workflow's failure must not stop the others
         outcome.status, outcome.error = "FAILED", (str(err).strip().splitlines() or [repr(err)])[0][:300]
     outcome.seconds = time.monotonic() - started
@@ -90,8 +115,9 @@ def print_table(outcomes: list[Outcome]) -> None:
         (o.workflow, o.status, f"{o.seconds:.1f}", o.output or o.error) for o in outcomes]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     print()
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)) + "  " + row[3])
+    for row, outcome in zip(rows, [None, *outcomes]):
+        judged = f"  toy model's checks: {outcome.judged}" if outcome and outcome.judged else ""
+        print("  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)) + "  " + row[3] + judged)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per workflow")
     parser.add_argument("--thumbnails", type=Path, metavar="DIR",
                         help="also write each workflow's template thumbnail (<workflow>.jpg) here, e.g. workflows")
+    parser.add_argument("--seed", type=int, default=tiny_checkpoints.TOY_SEED,
+                        help="the toy model's seed for every workflow (default: %(default)s)")
     parser.add_argument("--random-stand-ins", action="store_true",
                         help="untrained tiny weights instead of the toy model (noise, but faster)")
     args = parser.parse_args(argv)
@@ -125,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         outcomes = []
         for name in args.workflows or available:
             outcomes.append(run_workflow(server, name, bool(args.models), args.out, args.timeout,
-                                         toy=not args.random_stand_ins))
+                                         toy=not args.random_stand_ins, seed=args.seed,
+                                         rates=tiny_checkpoints.toy_quality()))
             last = outcomes[-1]
             if args.thumbnails and last.status == "ok":
                 write_thumbnail(Path(last.output), args.thumbnails / f"pyramid_flow_{name}.jpg")

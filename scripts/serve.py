@@ -11,8 +11,8 @@ browser whose templates are the shipped workflows set up for it (:func:`toy_temp
 each runs with one click. Why not the shipped graphs themselves: they load the text encoders
 with the core DualCLIPLoader (t5xxl + clip_l), which always builds a full-size T5-XXL, so no
 stand-in file can serve them; the toy versions use the Pyramid Flow Text Encoder Loader.
-At the seed they open with (the demo's) their videos show the prompted shape moving the
-prompted way; other seeds, less often (the toy model's MODEL_CARD.md). Prompts of the toy
+They open at the demo's seed (one for all); how often the toy model draws what a prompt asks,
+over many seeds, is in its MODEL_CARD.md. Prompts of the toy
 world's words (colours red, green, blue, yellow; square, circle, triangle; right, left, up,
 down; black, gray, striped backgrounds) are what it can draw. Latent previews are on
 (``--preview-method auto``), in the toy VAE's own colours.
@@ -102,13 +102,13 @@ NOTE_SIZE = (300, 330)
 
 def toy_template(name: str, object_info: dict) -> dict:
     """The shipped UI workflow ``name`` made to run on the toy model (``tiny_checkpoints``' toy
-    edits, at the demo's seed: its text encoders, size, length, steps and preview colours),
+    edits, at the demo's seed (``TOY_SEED``): its text encoders, size, length, steps and preview colours),
     with a note saying so, laid out anew, and its ``models`` list cut to the files it still
     loads (the stand-ins: no download offered for the text encoders it no longer uses)."""
     from pyramid_core.hub.catalog import known_files
     from ui_workflows import tidy_and_fit
 
-    workflow = tiny_checkpoints.shrink_ui(name, object_info, seed=tiny_checkpoints.TOY_DEMO_SEEDS[name], toy=True)
+    workflow = tiny_checkpoints.shrink_ui(name, object_info, seed=tiny_checkpoints.TOY_SEED, toy=True)
     values = {value for node in workflow["nodes"] for value in node.get("widgets_values") or [] if isinstance(value, str)}
     models = [entry for entry in workflow.get("models", []) if entry["name"] in values]
     workflow.pop("models", None)

@@ -206,9 +206,10 @@ TOY_TEXT_ENCODERS = "pyramid-flow-toy"
 TOY_PREVIEW = "pyramid-flow-toy-preview.json"     # in models/vae: the toy VAE's preview colours (fit-preview)
 TOY_SIZE, TOY_FRAMES, TOY_CONTEXT_FRAMES = 128, 17, 9      # the toy world's clips; continuation: 9 -> 17
 TOY_STEPS, TOY_GUIDANCE = 10, 4.0                          # per stage; ToySettings' defaults
-# What each shipped workflow asks the toy model for: (colour, shape, direction, background): for
-# text-to-video, prompts the model draws right for about half the seeds (its MODEL_CARD.md), so
-# the demo shows what it can do; the library's quality tests judge it over every kind of prompt.
+# What each shipped workflow asks the toy model for: (colour, shape, direction, background).
+# Any case of the toy world would do: the demo and the page sample them at one seed for all
+# (TOY_SEED) and the demo judges what came out (judge_toy_output), while the model's success
+# rates over many seeds are in its MODEL_CARD.md and quality.json.
 TOY_CASES = {
     "pyramid_flow_t2v_384p": ("yellow", "triangle", "right", "gray"),
     "pyramid_flow_t2v_768p": ("green", "circle", "up", "black"),
@@ -220,11 +221,10 @@ TOY_CASES = {
 # The image-to-video and continuation workflows get a toy image / clip of a scene as input: that
 # of ``pyramid_core.toy.checks.scene_for(seed)`` (their TOY_CASES entries are its caption).
 TOY_SCENE_SEEDS = {"pyramid_flow_i2v_384p": 9, "pyramid_flow_continue_384p": 3}
-# The seed the demo samples each workflow with: one at which the committed model draws its case
-# right (tests/comfyui/test_toy_workflows.py measures how often it does over six seeds), so that
-# the README's main command shows what the model can do; MODEL_CARD.md says how often.
-TOY_DEMO_SEEDS = {"pyramid_flow_t2v_384p": 1, "pyramid_flow_t2v_768p": 0, "pyramid_flow_t2v_per_stage": 0,
-                  "pyramid_flow_i2v_384p": 0, "pyramid_flow_continue_384p": 0, "pyramid_flow_t2i_1024p": 0}
+# The seed the demo and serve's toy templates sample every workflow with: the same for all, not
+# one picked where the model happens to be right.
+TOY_SEED = 0
+TOY_QUALITY = "quality.json"      # in the toy model's folder: its success rates (benchmarks/toy_quality.py)
 
 
 def write_stand_ins(models_dir: Path, input_dir: Path, toy: bool = False) -> None:
@@ -272,6 +272,49 @@ def toy_scene(workflow: str):
     if case != TOY_CASES[workflow]:
         raise ValueError(f"TOY_CASES[{workflow!r}] must be the case of its scene (TOY_SCENE_SEEDS): {case}")
     return scene
+
+
+def read_saved(path: Path):
+    """uint8 (T, H, W, 3) numpy frames of a video (or a png: one frame) that a workflow saved."""
+    import numpy as np
+    from PIL import Image
+
+    from pyramid_core.video_io import read_video
+
+    if Path(path).suffix == ".png":
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))[None]
+    return read_video(path)[0].numpy()
+
+
+def judge_toy_output(workflow: str, frames, shape: bool = True):
+    """Does ``frames`` (uint8 (T, H, W, 3)), what ``workflow`` saved on the toy model, show its
+    case of :data:`TOY_CASES`? By the library's checks (:mod:`pyramid_core.toy.checks`):
+    text-to-video (the prompted colour and shape moving the prompted way; ``shape=False``:
+    colour and motion), image-to-video from its scene's first frame, continuation of its
+    scene's clip, and for one image (text-to-image) the prompted colour and shape. Returns a
+    ``judge.Verdict``."""
+    from pyramid_core.toy import checks, judge, world
+
+    color, want_shape, direction, _ = TOY_CASES[workflow]
+    if workflow.endswith("i2v_384p"):
+        scene = toy_scene(workflow)
+        return checks.judge_image_to_video(frames, world.render(scene, frames=1)[0], scene)
+    if workflow.endswith("continue_384p"):
+        return checks.judge_continuation(frames, toy_scene(workflow))
+    if len(frames) == 1:                                         # text-to-image: colour and shape
+        reading = judge.read_video(frames)
+        reasons = [f"{what} is {got}, asked {want}" for what, got, want in
+                   (("colour", reading.color, color), ("shape", reading.shapes[0], want_shape)) if got != want]
+        return judge.Verdict(not reasons, reasons, {"color": reading.color, "shape": reading.shapes[0]})
+    return checks.judge_text_to_video(frames, color, want_shape, direction, shape)
+
+
+def toy_quality() -> dict:
+    """The toy model's success rates by check (``t2v``, ``i2v``, ``continue``, ...), as
+    ``benchmarks/toy_quality.py --write-quality`` wrote them; {} when it did not."""
+    file = TOY_MODEL / TOY_QUALITY
+    return json.loads(file.read_text()) if file.is_file() else {}
 
 
 def write_toy_inputs(folder: Path) -> None:

@@ -49,6 +49,7 @@ def test_every_workflow_runs_and_a_failure_shows_in_the_table_and_exit_code(tmp_
 
     monkeypatch.setattr(demo, "ComfyUIServer", make_server)
     monkeypatch.setattr(demo.tiny_checkpoints, "write_stand_ins", lambda models, inputs, toy=False: None)
+    monkeypatch.setattr(demo, "verdict_text", lambda name, output, rates: "shows it")
     code = demo.main(["--out", str(tmp_path / "out")])
     out = capsys.readouterr().out
     table = out[out.index("workflow  "):]
@@ -60,13 +61,34 @@ def test_every_workflow_runs_and_a_failure_shows_in_the_table_and_exit_code(tmp_
     assert dict(rows)["i2v_384p"] == "FAILED" and list(dict(rows).values()).count("ok") == 5
     assert "a stand-in failure" in table and "more lines" not in table
     assert "1 of 6 workflows failed: i2v_384p" in out
+    assert table.count("toy model's checks: shows it") == 5
     assert len(list((tmp_path / "out").glob("*.mp4"))) == 5
 
 
 def test_all_ok_exits_zero(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "ComfyUIServer", lambda extra_args=(): FakeServer(tmp_path / "server", extra_args))
     monkeypatch.setattr(demo.tiny_checkpoints, "write_stand_ins", lambda models, inputs, toy=False: None)
-    assert demo.main(["t2v_384p", "--out", str(tmp_path / "out")]) == 0
+    assert demo.main(["t2v_384p", "--out", str(tmp_path / "out"), "--random-stand-ins"]) == 0
+
+
+def test_a_toy_video_is_judged_beside_the_models_rate(tmp_path):
+    """The verdict the demo prints for a toy video: the library's check of its workflow's case,
+    and the model's success rate for that check (quality.json)."""
+    import numpy as np
+
+    from pyramid_core.toy import world
+    from pyramid_core.training.synthetic import write_video
+
+    color, shape, direction, background = demo.tiny_checkpoints.TOY_CASES["pyramid_flow_t2v_384p"]
+    rng = np.random.default_rng(0)
+    write_video(tmp_path / "right.mp4", world.render(world.random_scene(rng, color, shape, direction, background)), 24)
+    other = next(s for s in world.SHAPES if s != shape)
+    write_video(tmp_path / "wrong.mp4", world.render(world.random_scene(rng, color, other, direction, background)), 24)
+    rates = {"t2v": 0.84, "i2v": 0.7}
+    assert demo.verdict_text("t2v_384p", tmp_path / "right.mp4", rates) == \
+        "shows it; the model's text-to-video rate: 84%"
+    assert demo.verdict_text("t2v_384p", tmp_path / "wrong.mp4", {}) == \
+        f"misses it (most frames show a {other}, asked for a {shape})"
 
 
 def test_a_thumbnail_is_the_middle_frame_256_px_wide(tmp_path):
