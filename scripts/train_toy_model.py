@@ -97,6 +97,7 @@ VARIANT = "miniflux-384p"      # its latent normalisation and 3-stage scheduler;
 DIT_FOLDER = "diffusion_transformer_384p"
 TEXT_FOLDERS = ("tokenizer", "text_encoder", "tokenizer_2", "text_encoder_2")
 PREVIEW_FILE = "preview.json"     # fit-preview's latent-to-RGB factors for the toy VAE
+VAE_SUMMARY = "summary.json"      # each VAE phase's losses, command and seconds, for --vae-from
 
 
 def render_dataset(folder: Path, clips: int, seed: int, combinations: int | None = None) -> Path:
@@ -250,6 +251,37 @@ def fit_toy_preview(run: Runner, model: Path, folder: Path, seed: int, clips: in
     return model / PREVIEW_FILE
 
 
+def run_vae_phase(run: Runner, output_dir: Path, *settings: str) -> dict:
+    """One ``train-vae`` run into ``output_dir``; its summary (losses, export folder, the command,
+    wall and CPU seconds) is also written to ``output_dir/summary.json`` for ``--vae-from``."""
+    started, cpu_start = time.monotonic(), cpu_seconds()
+    summary = run("train-vae", *settings, f"output_dir={output_dir}")
+    summary.update(command=run.commands[-1], wall_s=round(time.monotonic() - started, 1),
+                   cpu_s=round(cpu_seconds() - cpu_start, 1))
+    (output_dir / VAE_SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def reuse_vae_phase(run: Runner, earlier_work: Path, work: Path, name: str) -> dict:
+    """Copy the VAE phase ``name`` (``vae_images`` or ``vae``) of an earlier run's work folder into
+    ``work`` instead of training it again (``--vae-from``): the same settings and seed train the
+    same VAE, so only the later phases run (to try DiT settings on one VAE). Returns its summary
+    with ``export`` pointing at the copy; its command joins this run's commands and its seconds
+    this run's record."""
+    source = earlier_work / name
+    if not (source / VAE_SUMMARY).is_file():
+        raise SystemExit(f"--vae-from {earlier_work}: no {name}/{VAE_SUMMARY} there; give the --work folder "
+                         "of an earlier run of this script that trained its VAE")
+    shutil.copytree(source, work / name)
+    summary = json.loads((source / VAE_SUMMARY).read_text())
+    summary["export"] = str(work / name / Path(summary["export"]).name)
+    print(f"\nreusing {source} (trained in {summary['wall_s'] / 60:.1f} min): {summary['command']}", flush=True)
+    # its paths are the earlier run's own: written as <vae-from> in this run's record
+    run.commands.append(summary["command"].replace(str(earlier_work.resolve()), "<vae-from>")
+                        .replace(str(earlier_work), "<vae-from>"))
+    return summary
+
+
 def export_fp16(trained: Path, target: Path) -> None:
     """An exported fp32 official folder -> the same folder in fp16."""
     from safetensors.torch import load_file, save_file
@@ -270,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vae-clips", type=int, default=600, help="clips of several shapes for the VAE")
     parser.add_argument("--vae-image-steps", type=int, default=1000, help="steps on still frames")
     parser.add_argument("--vae-clip-steps", type=int, default=1200, help="then steps on whole clips")
+    parser.add_argument("--vae-from", type=Path, metavar="WORK",
+                        help="the --work folder of an earlier run: reuse its trained VAE, run the later phases again")
     parser.add_argument("--dit-steps", type=int, default=3000)
     parser.add_argument("--dit-batch", type=int, default=64, help="clips per DiT step (a multiple of 4)")
     parser.add_argument("--seed", type=int, default=0)
@@ -312,14 +346,25 @@ def main(argv: list[str] | None = None) -> int:
                   "betas=[0.9,0.99]", "pixel_loss=mse", "perceptual_weight=0", "disc_weight=0", "kl_weight=1e-5",
                   "ema_decay=0.99", f"vae_config={work / 'vae_config.json'}", "log_every=50", "keep_last=1",
                   "tensorboard=false", "device=cpu", f"seed={args.seed}"]
-    first = run("train-vae", *vae_common, "num_frames=1", "batch_size=8", f"max_steps={args.vae_image_steps}",
-                "lr=2e-3", f"output_dir={work / 'vae_images'}", f"save_every={args.vae_image_steps}")
-    vae = run("train-vae", *vae_common, f"num_frames={world.FRAMES}", "batch_size=2",
-              f"max_steps={args.vae_clip_steps}", "lr=1e-3", f"init_weights={first['export']}",
-              f"output_dir={work / 'vae'}", f"save_every={args.vae_clip_steps}")
+    if args.vae_from:
+        first, vae = (reuse_vae_phase(run, args.vae_from, work, name) for name in ("vae_images", "vae"))
+    else:
+        first = run_vae_phase(run, work / "vae_images", *vae_common, "num_frames=1", "batch_size=8",
+                              f"max_steps={args.vae_image_steps}", "lr=2e-3", f"save_every={args.vae_image_steps}")
+        vae = run_vae_phase(run, work / "vae", *vae_common, f"num_frames={world.FRAMES}", "batch_size=2",
+                            f"max_steps={args.vae_clip_steps}", "lr=1e-3", f"init_weights={first['export']}",
+                            f"save_every={args.vae_clip_steps}")
     latent_stats = normalize_latent_channels(Path(vae["export"]), anno)
     print(f"latent channels: {latent_stats}", flush=True)
     mark = lap("train-vae", mark)
+    # A reused VAE (--vae-from) counts with the seconds it took in its own run, so that the record
+    # states what the whole recipe costs (None where that run did not measure them).
+    reused = {"wall_s": 0.0, "cpu_s": 0.0}
+    if args.vae_from:
+        reused = {key: None if None in (first.get(key), vae.get(key)) else first[key] + vae[key] for key in reused}
+        timings["train-vae"] = {key: None if reused[key] is None else round(value + reused[key], 1)
+                                for key, value in timings["train-vae"].items()}
+        timings["train-vae"]["reused_from"] = str(args.vae_from)
 
     # Posterior means, not samples: this small VAE's posterior std is about as large as the
     # spread of its means (the released VAE's is tiny), so sampled latents would teach the DiT
@@ -365,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
         "latent_channels": latent_stats,
         "dit": {k: dit[k] for k in ("step", "first_loss", "last_loss", "best_loss")},
         "seconds": timings,
-        "total": {"wall_s": round(time.monotonic() - started, 1), "cpu_s": round(cpu_seconds() - cpu_start, 1)},
+        "total": {key: None if reused[key] is None else round(now - since + reused[key], 1)
+                  for key, now, since in (("wall_s", time.monotonic(), started), ("cpu_s", cpu_seconds(), cpu_start))},
         # the work and model folders are the reader's own choice (--work, --out): written as
         # <work>, and <out> where the model folder is outside the repository
         "commands": [c.replace(str(work.resolve()), "<work>").replace(str(work), "<work>")

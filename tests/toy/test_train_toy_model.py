@@ -43,6 +43,23 @@ def test_the_script_trains_and_exports_a_loadable_model(tmp_path):
     frames = ToyModel(out).text_to_video("a red square moves right on a black background", seed=0, settings=QUICK)
     assert frames.shape == (world.FRAMES, world.HEIGHT, world.WIDTH, 3) and frames.dtype.name == "uint8"
 
+    # --vae-from: the same VAE, the DiT trained again; the record counts the VAE's own seconds
+    again = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_toy_model.py"), "--out", str(tmp_path / "again"),
+                            "--work", str(tmp_path / "work2"), "--vae-from", str(tmp_path / "work"), "--clips", "1",
+                            "--combinations", "3", "--dit-steps", "2", "--dit-batch", "16", "--preview-clips", "2"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    second = json.loads((tmp_path / "again" / "training.json").read_text())
+    vae_file = Path("causal_video_vae", "diffusion_pytorch_model.safetensors")
+    assert (tmp_path / "again" / vae_file).read_bytes() == (out / vae_file).read_bytes()
+    assert (second["vae"], second["dit"]["step"]) == (record["vae"], 2)
+    vae_seconds = sum(json.loads((tmp_path / "work" / phase / "summary.json").read_text())["wall_s"]
+                      for phase in ("vae_images", "vae"))
+    assert second["seconds"]["train-vae"]["wall_s"] > vae_seconds
+    assert second["total"]["wall_s"] > vae_seconds + second["seconds"]["train-dit"]["wall_s"]
+    assert [c for c in second["commands"] if " train-vae " in c] == \
+        [c.replace("<work>", "<vae-from>") for c in record["commands"] if " train-vae " in c]
+
 
 @pytest.fixture(scope="module")
 def random_model(tmp_path_factory) -> ToyModel:
