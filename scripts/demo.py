@@ -150,11 +150,10 @@ def main(argv: list[str] | None = None) -> int:
             tiny_checkpoints.write_stand_ins(server.models_dir, server.input_dir, toy=not args.random_stand_ins)
         kind = "real models" if args.models else "random stand-ins" if args.random_stand_ins else "the toy model"
         print(f"ComfyUI {server.url} with pyramid-flow ({kind})")
-        outcomes = []
+        outcomes, rates = [], tiny_checkpoints.toy_quality()
         for name in args.workflows or available:
             outcomes.append(run_workflow(server, name, bool(args.models), args.out, args.timeout,
-                                         toy=not args.random_stand_ins, seed=args.seed,
-                                         rates=tiny_checkpoints.toy_quality()))
+                                         toy=not args.random_stand_ins, seed=args.seed, rates=rates))
             last = outcomes[-1]
             if args.thumbnails and last.status == "ok":
                 write_thumbnail(Path(last.output), args.thumbnails / f"pyramid_flow_{name}.jpg")

@@ -32,7 +32,9 @@ run it on their own videos:
    folder (``--preview-only`` does only this, for a model already in ``--out``).
 
 Everything is seeded: the same command gives the same data and the same training run on the
-same software (training on another CPU may round differently). ``training.json`` records the
+same software (training on another CPU may round differently). ``--vae-from WORK`` takes the
+VAE an earlier run trained (its ``--work`` folder) and runs the later steps only, to try DiT
+settings on one VAE; the record still counts the VAE's seconds. ``training.json`` records the
 wall and CPU time of each phase on the machine that made it; ``benchmarks/toy_quality.py
 --model OUT`` says how often its videos show what was asked.
 
