@@ -109,13 +109,13 @@ def main() -> int:
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         parser.error(f"--options {','.join(unknown)}: choose from {', '.join(OPTIONS)}")
-    grid = settings_grid([int(s) for s in args.steps.split(",")])
+    steps = [int(s) for s in args.steps.split(",")]
+    grid = settings_grid(steps)
     if args.no_history_variants:
         grid = [(label, settings) for label, settings in grid if label["recent_units"] == 1
                 and label["history_frames"] is None]
     top = next((label, settings) for label, settings in grid            # the largest step count, default history
-               if label["steps_per_stage"] == max(settings.steps) == max(int(n) for n in args.steps.split(","))
-               and label["recent_units"] == 1 and label["history_frames"] is None)
+               if label == {"steps_per_stage": max(steps), "recent_units": 1, "history_frames": None})
     runs = [("fp32", {}, grid)] + [(option, OPTIONS[option], [top]) for option in options]
     rows = []
     for name, kwargs, settings_list in runs:

@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         reused = {key: None if None in (first.get(key), vae.get(key)) else first[key] + vae[key] for key in reused}
         timings["train-vae"] = {key: None if reused[key] is None else round(value + reused[key], 1)
                                 for key, value in timings["train-vae"].items()}
-        timings["train-vae"]["reused_from"] = str(args.vae_from)
+        timings["train-vae"]["reused"] = True          # the path is the reader's own, as <work> is
 
     # Posterior means, not samples: this small VAE's posterior std is about as large as the
     # spread of its means (the released VAE's is tiny), so sampled latents would teach the DiT
