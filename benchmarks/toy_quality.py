@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from pyramid_core.sampling import HistoryConfig  # noqa: E402
 from pyramid_core.toy import checks  # noqa: E402
-from pyramid_core.toy.model import ToyModel, ToySettings  # noqa: E402
+from pyramid_core.toy.model import QUALITY_FILE, ToyModel, ToySettings  # noqa: E402
 
 
 def settings_grid(steps: list[int]) -> list[tuple[dict, ToySettings]]:
@@ -73,7 +73,6 @@ def measure(model: ToyModel, settings: ToySettings, seeds: int) -> dict:
     return rates
 
 
-QUALITY_FILE = "quality.json"      # tiny_checkpoints.TOY_QUALITY: what the demo reads
 OPTIONS = {"fp16": {"dtype": "fp16"}, "fp8_e4m3fn": {"dtype": "fp8_e4m3fn"}, "compile": {"compile": "default"}}
 
 

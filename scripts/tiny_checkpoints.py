@@ -224,7 +224,6 @@ TOY_SCENE_SEEDS = {"pyramid_flow_i2v_384p": 9, "pyramid_flow_continue_384p": 3}
 # The seed the demo and serve's toy templates sample every workflow with: the same for all, not
 # one picked where the model happens to be right.
 TOY_SEED = 0
-TOY_QUALITY = "quality.json"      # in the toy model's folder: its success rates (benchmarks/toy_quality.py)
 
 
 def write_stand_ins(models_dir: Path, input_dir: Path, toy: bool = False) -> None:
@@ -313,7 +312,9 @@ def judge_toy_output(workflow: str, frames, shape: bool = True):
 def toy_quality() -> dict:
     """The toy model's success rates by check (``t2v``, ``i2v``, ``continue``, ...), as
     ``benchmarks/toy_quality.py --write-quality`` wrote them; {} when it did not."""
-    file = TOY_MODEL / TOY_QUALITY
+    from pyramid_core.toy.model import QUALITY_FILE
+
+    file = TOY_MODEL / QUALITY_FILE
     return json.loads(file.read_text()) if file.is_file() else {}
 
 

@@ -63,11 +63,10 @@ def judge_text_to_video(frames: np.ndarray, color: str, shape: str, direction: s
     not ``check_shape``) the shape most frames show (:func:`judge.dominant_shape`) is the
     prompted one."""
     verdict = judge.judge_motion(frames, color, direction, MIN_SHIFT)
-    drawn = judge.dominant_shape(judge.read_video(frames))
+    drawn = verdict.measures["shape"]
     if drawn == shape or not check_shape:
-        return judge.Verdict(verdict.ok, verdict.reasons, {**verdict.measures, "shape": drawn})
-    return judge.Verdict(False, [*verdict.reasons, f"most frames show a {drawn}, asked for a {shape}"],
-                         {**verdict.measures, "shape": drawn})
+        return verdict
+    return judge.Verdict(False, [*verdict.reasons, f"most frames show a {drawn}, asked for a {shape}"], verdict.measures)
 
 
 def scene_for(seed: int, held_out: bool | None = None) -> world.Scene:

@@ -147,7 +147,7 @@ def judge_motion(frames: np.ndarray, color: str, direction: str, min_shift: floa
         reasons.append(f"moved {across:.1f} px across the {direction} direction (> half of {along:.1f})")
     return Verdict(not reasons, reasons, {"color": reading.color, "present": round(present, 3),
                                           "along_px": round(along, 2), "across_px": round(across, 2),
-                                          "shapes": reading.shapes})
+                                          "shapes": reading.shapes, "shape": dominant_shape(reading)})
 
 
 def silhouette_iou(mask: np.ndarray, reference: np.ndarray) -> float:

@@ -30,6 +30,7 @@ from ..video_io import frames_to_pixels, frames_to_uint8
 from . import world
 
 DIT_FOLDER = "diffusion_transformer_384p"
+QUALITY_FILE = "quality.json"    # its success rates, as benchmarks/toy_quality.py --write-quality writes them
 
 
 @dataclass
