@@ -39,10 +39,9 @@ wall and CPU time of each phase on the machine that made it; ``benchmarks/toy_qu
 --model OUT`` says how often its videos show what was asked.
 
 The committed ``toy_model/pyramid-flow-toy`` is this script's output with its defaults (about
-77 minutes of wall time, 146 of CPU time, on a 2-core machine: more than the half hour once
-hoped for; the same run with smaller, slower shapes, half the clips and one latent scale for
-every channel made videos that passed none of the checks). Its MODEL_CARD.md states what it
-can and cannot do.
+107 minutes of wall time on a 2-core machine, 54 of them the VAE's, whose phases an earlier run
+with the same settings trained and ``--vae-from`` reused; the budget is 2 hours). Its
+MODEL_CARD.md states what it can and cannot do.
 """
 
 from __future__ import annotations
@@ -302,11 +301,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "toy" / "work", help="data, features and runs")
     parser.add_argument("--clips", type=int, default=12, help="clips per combination and background")
     parser.add_argument("--vae-clips", type=int, default=600, help="clips of several shapes for the VAE")
-    parser.add_argument("--vae-image-steps", type=int, default=1000, help="steps on still frames")
+    parser.add_argument("--vae-image-steps", type=int, default=3000, help="steps on still frames")
     parser.add_argument("--vae-clip-steps", type=int, default=1200, help="then steps on whole clips")
     parser.add_argument("--vae-from", type=Path, metavar="WORK",
                         help="the --work folder of an earlier run: reuse its trained VAE, run the later phases again")
-    parser.add_argument("--dit-steps", type=int, default=3000)
+    parser.add_argument("--dit-steps", type=int, default=2800)
     parser.add_argument("--dit-batch", type=int, default=64, help="clips per DiT step (a multiple of 4)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--combinations", type=int, help="train on the first N combinations only (smoke runs)")

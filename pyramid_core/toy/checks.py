@@ -17,7 +17,7 @@ from .model import ToyModel, ToySettings
 
 MIN_SHIFT = 24.0           # px the object must travel the prompted way (clips travel 40-56 px)
 FRAME0_MAX_DIFF = 16.0     # mean |frame 0 - image| in 0-255 units for image-to-video
-FRAME0_MAX_OFFSET = 4.0    # px between the image's object centroid and frame 0's (shapes 40-52 px across)
+FRAME0_MAX_OFFSET = 4.0    # px between the image's object centroid and frame 0's (shapes 56-64 px across)
 SAME_SHAPE_IOU = 0.7       # silhouette IoU with the image's object (judge.silhouette_iou) that counts as the same shape
 SAME_SHAPE = 0.8           # fraction of frames that must show the image's shape
 SEAM = 1 + (world.FRAMES - 1) // 2   # continuation: the clip's first 9 frames are given, 8 are made

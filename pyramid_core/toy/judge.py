@@ -27,7 +27,7 @@ import numpy as np
 from .world import BACKGROUNDS, COLORS, DIRECTIONS
 
 MAX_COLOR_DISTANCE = 100.0    # RGB units; palette colours are >= 150 apart, backgrounds >= 100 from any
-MIN_PIXELS = 80               # an object smaller than this in a frame is absent (a 128 px frame, shapes ~800-2700 px)
+MIN_PIXELS = 80               # an object smaller than this in a frame is absent (a 128 px frame, shapes ~1600-4100 px)
 END_FRAMES = 3                # frames averaged at each end of a clip to measure displacement
 SHAPE_FILL = (("triangle", 0.64), ("circle", 0.88), ("square", 1.01))   # classify_shape: fill below -> name
 

@@ -24,10 +24,10 @@ SEEDS = tuple(range(6))
 # brackets): a margin for another CPU's rounding; the random stand-ins pass none.
 MIN_PASSED = {
     "pyramid_flow_t2v_384p": 2,        # (4)
-    "pyramid_flow_t2v_768p": 1,        # (2)
-    "pyramid_flow_t2v_per_stage": 1,   # (2)
-    "pyramid_flow_i2v_384p": 2,        # (5)
-    "pyramid_flow_continue_384p": 3,   # (5)
+    "pyramid_flow_t2v_768p": 3,        # (6)
+    "pyramid_flow_t2v_per_stage": 2,   # (5)
+    "pyramid_flow_i2v_384p": 3,        # (6)
+    "pyramid_flow_continue_384p": 3,   # (6)
     "pyramid_flow_t2i_1024p": 3,       # (6)
 }
 
