@@ -40,9 +40,9 @@ DIRECTIONS = {"right": (1.0, 0.0), "left": (-1.0, 0.0), "up": (0.0, -1.0), "down
 # reconstructions of 32 clips kept the outline (image-to-video check) 25/32 and 30/32. (Before
 # that, 28-36 px shapes gave 30/48 and 40-52 px 35/48 with another DiT.)
 SIZE_RANGE = (28.0, 32.0)      # half-width of the shape in px
-# The VAE's training windows (busy_scene) keep 40-52 px shapes: in a 64 px window a bigger shape
-# leaves little background to learn its edges against (a convolutional codec encodes the same
-# edges on a shape of any size).
+# The VAE's training windows (busy_scene) keep the 40-52 px shapes they had, so that its data and
+# the trained VAE stay the same: a convolutional codec encodes the same edges on a shape of any
+# size (its reconstructions of the bigger shapes keep the outline more often, as above).
 VAE_SIZE_RANGE = (20.0, 26.0)
 SPEED_RANGE = (2.5, 3.5)       # px per frame: 40-56 px over a clip, room for the whole path
 SUPERSAMPLE = 4
