@@ -32,10 +32,14 @@ def _shard(rows: list[dict], info: DistInfo) -> list[tuple[int, dict]]:
     return [(i, row) for i, row in enumerate(rows) if i % info.world_size == info.rank]
 
 
-def _output_path(row: dict, key: str, out_dir: Path, index: int, suffix: str) -> Path:
-    """The row's own ``key`` path if it has one, else ``out_dir/<key>/<index>.pt``."""
+def _output_path(row: dict, key: str, out_dir: Path, index: int, suffix: str, data_root: str | Path) -> Path:
+    """The row's own ``key`` path if it has one (relative to ``data_root``, as its media are),
+    else ``out_dir/<key>/<index>.pt`` (``out_dir`` as the user gave it: relative to the working
+    directory, not to ``data_root``)."""
     given = row.get(key)
-    return Path(given) if isinstance(given, str) and given else out_dir / key / f"{index:08d}{suffix}.pt"
+    if isinstance(given, str) and given:
+        return resolve(given, data_root)
+    return out_dir / key / f"{index:08d}{suffix}.pt"
 
 
 def _finish(rows: list[dict], key: str, paths: dict[int, Path], out_jsonl: Path, info: DistInfo,
@@ -70,7 +74,7 @@ def extract_latents(vae, anno_file: str | Path, out_dir: str | Path, out_jsonl: 
                     chunk_size: int | None = None, tile_size: int | None = None) -> Counter:
     """Encode every ``video``/``image`` row to raw VAE latents; returns counts (encoded, existing, skipped)."""
     rows, out_dir, stats = read_jsonl(anno_file), Path(out_dir), Counter()
-    paths = {i: resolve(str(_output_path(r, "latent", out_dir, i, "-latent")), data_root) for i, r in enumerate(rows)}
+    paths = {i: _output_path(r, "latent", out_dir, i, "-latent", data_root) for i, r in enumerate(rows)}
     device = next(vae.parameters()).device
     for i, row in _shard(rows, info):
         if paths[i].is_file():
@@ -103,7 +107,7 @@ def extract_text_features(encode: Callable[[list[str]], Any], anno_file: str | P
     ``encode`` maps a list of prompts to ``(prompt_embeds, attention_mask, pooled)`` batches.
     """
     rows, out_dir, stats = read_jsonl(anno_file), Path(out_dir), Counter()
-    paths = {i: resolve(str(_output_path(r, "text_fea", out_dir, i, "-text")), data_root) for i, r in enumerate(rows)}
+    paths = {i: _output_path(r, "text_fea", out_dir, i, "-text", data_root) for i, r in enumerate(rows)}
     todo = []
     for i, row in _shard(rows, info):
         if paths[i].is_file():

@@ -71,3 +71,14 @@ def test_text_features_match_the_encoder_and_feed_the_latent_dataset(shapes, tmp
     assert torch.allclose(saved["pooled_prompt_embed"], pooled.float())
     dataset = LatentDataset([tmp_path / "both.jsonl"], max_frames=2)
     assert len(dataset) == 4 and dataset[(0, 0)]["prompt_embed"].shape == (128, embeds.shape[-1])
+
+
+def test_a_relative_out_dir_is_relative_to_the_working_directory(shapes, tmp_path, monkeypatch):
+    """``--out-dir features`` writes ``./features``, not ``<data_root>/features`` (where the media are)."""
+    root, anno = shapes
+    monkeypatch.chdir(tmp_path)
+    stats = extract_latents(_vae(), anno, Path("feats"), Path("lat.jsonl"), [(24, 16)], 9, 8.0, root)
+    assert stats["rows_out"] == 4
+    rows = read_jsonl(tmp_path / "lat.jsonl")
+    assert all((tmp_path / row["latent"]).is_file() for row in rows)
+    assert not (root / "feats").exists()
