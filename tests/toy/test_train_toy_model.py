@@ -26,7 +26,8 @@ def test_the_script_trains_and_exports_a_loadable_model(tmp_path):
     out = tmp_path / "model"
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_toy_model.py"), "--out", str(out),
                            "--work", str(tmp_path / "work"), "--clips", "1", "--combinations", "3",
-                           "--vae-clips", "8", "--vae-image-steps", "2", "--vae-clip-steps", "2", "--dit-steps", "4",
+                           "--vae-clips", "8", "--vae-image-steps", "2", "--vae-clip-steps", "2", "--dit-image-steps", "3",
+                           "--dit-steps", "4",
                            "--dit-batch", "16", "--preview-clips", "2"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -37,7 +38,8 @@ def test_the_script_trains_and_exports_a_loadable_model(tmp_path):
         with safe_open(str(out / name / "diffusion_pytorch_model.safetensors"), "pt") as weights:
             assert {weights.get_slice(key).get_dtype() for key in weights.keys()} == {"F16"}, name
     record = json.loads((out / "training.json").read_text())
-    assert (record["vae_images"]["step"], record["vae"]["step"], record["dit"]["step"]) == (2, 2, 4)
+    steps = [record[phase]["step"] for phase in ("vae_images", "vae", "dit_images", "dit")]
+    assert steps == [2, 2, 3, 4]
     assert record["data"]["clips"] == 3 * len(world.BACKGROUNDS)   # 18 rows with the suffixed captions: one batch
     assert all(c.startswith("python -m pyramid_core ") and str(tmp_path) not in c for c in record["commands"])
     frames = ToyModel(out).text_to_video("a red square moves right on a black background", seed=0, settings=QUICK)
@@ -46,7 +48,8 @@ def test_the_script_trains_and_exports_a_loadable_model(tmp_path):
     # --vae-from: the same VAE, the DiT trained again; the record counts the VAE's own seconds
     again = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_toy_model.py"), "--out", str(tmp_path / "again"),
                             "--work", str(tmp_path / "work2"), "--vae-from", str(tmp_path / "work"), "--clips", "1",
-                            "--combinations", "3", "--dit-steps", "2", "--dit-batch", "16", "--preview-clips", "2"],
+                            "--combinations", "3", "--dit-image-steps", "2", "--dit-steps", "2", "--dit-batch", "16",
+                            "--preview-clips", "2"],
                            cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     second = json.loads((tmp_path / "again" / "training.json").read_text())
