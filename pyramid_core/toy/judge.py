@@ -10,8 +10,9 @@ from a video decoded by ``pyramid_core``, by ComfyUI or from an mp4.
   no palette colour, so its masks stay (almost) empty.
 * **Dominant object.** The palette colour with the most masked pixels over the clip; its mask
   in each frame gives the object's area and centroid (x, y in pixels, image axes: y down).
-* **Shape.** The mask's fill of its bounding box: a square fills ~1, a circle pi/4 ~ 0.79,
-  an upward triangle 1/2 (:func:`classify_shape`).
+* **Shape.** The world's shape whose silhouette, of the mask's area and centred on its
+  centroid, overlaps the mask most (:func:`classify_shape`): a nearest-template reading that
+  a ragged edge or a few stray pixels move little.
 * **Motion.** Displacement = mean centroid of the last :data:`END_FRAMES` frames minus that of
   the first :data:`END_FRAMES` (robust to one bad frame). It must go the prompted way by at
   least ``min_shift`` px and at most half as far across.
@@ -19,17 +20,20 @@ from a video decoded by ``pyramid_core``, by ComfyUI or from an mp4.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .world import BACKGROUNDS, COLORS, DIRECTIONS
+from .world import BACKGROUNDS, COLORS, DIRECTIONS, shape_coverage
 
 MAX_COLOR_DISTANCE = 100.0    # RGB units; palette colours are >= 150 apart, backgrounds >= 100 from any
 MIN_PIXELS = 80               # an object smaller than this in a frame is absent (a 128 px frame, shapes ~1600-4100 px)
 END_FRAMES = 3                # frames averaged at each end of a clip to measure displacement
-SHAPE_FILL = (("triangle", 0.64), ("circle", 0.88), ("square", 1.01))   # classify_shape: fill below -> name
+# Area of each shape of world.shape_coverage per size**2: a square of half-side s, a circle of
+# radius s, an upward triangle of base and height 2s (classify_shape sizes its templates by it).
+SHAPE_AREA = {"square": 4.0, "circle": math.pi, "triangle": 2.0}
 
 _PALETTE = list(COLORS)
 _REFERENCE = np.asarray([COLORS[c] for c in _PALETTE]
@@ -46,13 +50,29 @@ def color_labels(frames: np.ndarray) -> np.ndarray:
 
 
 def classify_shape(mask: np.ndarray) -> str | None:
-    """Bool (H, W) -> "square", "circle" or "triangle" by bounding-box fill; None below MIN_PIXELS."""
+    """Bool (H, W) -> "square", "circle" or "triangle"; None below MIN_PIXELS.
+
+    Each shape of the world is drawn with the mask's area and compared with the mask centroid
+    on centroid (:func:`silhouette_iou`); the best match names it. Not a bounding box's fill,
+    as before: one stray pixel or one bump on a generated shape's edge grows its bounding box,
+    so clearly drawn squares read as circles. Both read every rendered clip right; on the toy
+    model's frames they differ (see the toy model card).
+    """
     area = int(mask.sum())
     if area < MIN_PIXELS:
         return None
-    ys, xs = np.nonzero(mask)
-    fill = area / float((ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1))
-    return next(name for name, below in SHAPE_FILL if fill < below)
+    # Pad the frame by a template's reach from its centroid (4/3 of a triangle's half-size,
+    # the longest), so that a shape at the border is not matched against a template the
+    # border cuts off.
+    pad = math.ceil(4 / 3 * math.sqrt(area / min(SHAPE_AREA.values()))) + 2
+    canvas = np.pad(mask, pad)
+    ys, xs = np.nonzero(canvas)
+    cx, cy = xs.mean() + 0.5, ys.mean() + 0.5
+    height, width = canvas.shape
+    overlap = {name: silhouette_iou(canvas, shape_coverage(name, cx, cy, math.sqrt(area / per_size2),
+                                                             width, height, supersample=1) >= 0.5)
+               for name, per_size2 in SHAPE_AREA.items()}
+    return max(overlap, key=overlap.get)
 
 
 @dataclass

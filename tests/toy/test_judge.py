@@ -123,3 +123,18 @@ def test_the_continuation_seam_passes_the_clip_and_fails_a_stop_a_turn_and_a_rev
         verdict = checks.judge_continuation(frames, scene)
         assert not verdict.ok and "velocity" in verdict.reasons[0], (name, verdict)
     assert not checks.judge_continuation(clip, replace(scene, color="blue")).ok
+
+
+def test_a_ragged_or_speckled_shape_keeps_its_name():
+    """A generated shape is rarely clean: a bump on an edge and a few stray pixels of its colour
+    must not change what it reads as (a bounding box's fill read this square as a circle)."""
+    rng = np.random.default_rng(0)
+    for shape in world.SHAPES:
+        mask = world.shape_coverage(shape, 60.2, 66.8, 29.0) >= 0.5
+        mask[30:34, 88:100] = True                            # a bump off the right edge
+        mask[rng.integers(0, 128, 6), rng.integers(0, 128, 6)] = True   # specks anywhere
+        holes = np.argwhere(mask)[rng.choice(int(mask.sum()), 40, replace=False)]
+        mask[holes[:, 0], holes[:, 1]] = False                # and a few holes
+        assert judge.classify_shape(mask) == shape, shape
+    edge = world.shape_coverage("triangle", 20.0, 110.0, 30.0) >= 0.5     # cut by the frame's corner
+    assert judge.classify_shape(edge) is not None
