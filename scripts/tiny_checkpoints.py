@@ -286,13 +286,12 @@ def read_saved(path: Path):
     return read_video(path)[0].numpy()
 
 
-def judge_toy_output(workflow: str, frames, shape: bool = True):
+def judge_toy_output(workflow: str, frames):
     """Does ``frames`` (uint8 (T, H, W, 3)), what ``workflow`` saved on the toy model, show its
     case of :data:`TOY_CASES`? By the library's checks (:mod:`pyramid_core.toy.checks`):
-    text-to-video (the prompted colour and shape moving the prompted way; ``shape=False``:
-    colour and motion), image-to-video from its scene's first frame, continuation of its
-    scene's clip, and for one image (text-to-image) the prompted colour and shape. Returns a
-    ``judge.Verdict``."""
+    text-to-video (the prompted colour and shape moving the prompted way), image-to-video from
+    its scene's first frame, continuation of its scene's clip, and for one image (text-to-image)
+    the prompted colour and shape. Returns a ``judge.Verdict``."""
     from pyramid_core.toy import checks, judge, world
 
     color, want_shape, direction, _ = TOY_CASES[workflow]
@@ -306,7 +305,7 @@ def judge_toy_output(workflow: str, frames, shape: bool = True):
         reasons = [f"{what} is {got}, asked {want}" for what, got, want in
                    (("colour", reading.color, color), ("shape", reading.shapes[0], want_shape)) if got != want]
         return judge.Verdict(not reasons, reasons, {"color": reading.color, "shape": reading.shapes[0]})
-    return checks.judge_text_to_video(frames, color, want_shape, direction, shape)
+    return checks.judge_text_to_video(frames, color, want_shape, direction)
 
 
 def toy_quality() -> dict:
