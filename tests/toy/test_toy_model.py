@@ -30,10 +30,13 @@ SCENE_SEEDS = range(16)             # image-to-video and continuation: 16 scenes
 # for another CPU's rounding, which moves a few videos across a threshold, while a broken
 # sampler, history or loader passes none (as the random stand-ins pass none). Text-to-video
 # asks two thirds: half of it is what the right colour and motion with a shape drawn at random
-# would give (a third of the 23 videos with the right colour and motion).
+# would give (a third of the 23 videos with the right colour and motion). Continuation, where
+# the model meets the rate the toy model is held to (85%), asks three quarters of that rate.
+# The model passed the same counts on ATen's AVX2 kernels on one thread and on its portable
+# kernels (scripts/run_numeric_tests_elsewhere.sh's settings).
 T2V_MIN_PASSED = 12                 # of 32; the model: 18 (11 of the 16 held-out prompts' videos)
 I2V_MIN_PASSED = 4                  # of 16; the model: 8
-CONTINUATION_MIN_PASSED = 6         # of 16; the model: 13
+CONTINUATION_MIN_PASSED = 11        # of 16 (0.75 * 85% = 64%); the model: 13
 
 
 @pytest.fixture(scope="module")
