@@ -126,12 +126,13 @@ def test_the_continuation_seam_passes_the_clip_and_fails_a_stop_a_turn_and_a_rev
 
 
 def test_a_ragged_or_speckled_shape_keeps_its_name():
-    """A generated shape is rarely clean: a bump on an edge and a few stray pixels of its colour
-    must not change what it reads as (a bounding box's fill read this square as a circle)."""
+    """A generated shape is rarely clean: a stray bar by a corner, a few stray pixels of its
+    colour and some holes must not change what it reads as (a bounding box's fill, which the
+    specks stretch over the frame, read the square and the circle as triangles)."""
     rng = np.random.default_rng(0)
     for shape in world.SHAPES:
         mask = world.shape_coverage(shape, 60.2, 66.8, 29.0) >= 0.5
-        mask[30:34, 88:100] = True                            # a bump off the right edge
+        mask[30:34, 88:100] = True                            # a bar by the top-right corner
         mask[rng.integers(0, 128, 6), rng.integers(0, 128, 6)] = True   # specks anywhere
         holes = np.argwhere(mask)[rng.choice(int(mask.sum()), 40, replace=False)]
         mask[holes[:, 0], holes[:, 1]] = False                # and a few holes
