@@ -36,9 +36,11 @@ run it on their own videos:
 Everything is seeded: the same command gives the same data and the same training run on the
 same software (training on another CPU may round differently). ``--vae-from WORK`` takes the
 VAE an earlier run trained (its ``--work`` folder) and runs the later steps only, to try DiT
-settings on one VAE; the record still counts the VAE's seconds. ``training.json`` records the
-wall and CPU time of each phase on the machine that made it; ``benchmarks/toy_quality.py
---model OUT`` says how often its videos show what was asked.
+settings on one VAE; ``--dit-images-from WORK`` (with it) takes that run's first-frame DiT as
+well and trains the clip phase only, with any ``--dit-clip-setting KEY=VALUE`` of ``train-dit``
+to try. The record still counts the reused phases' seconds.
+``training.json`` records the wall and CPU time of each phase on the machine that made it;
+``benchmarks/toy_quality.py --model OUT`` says how often its videos show what was asked.
 
 The committed ``toy_model/pyramid-flow-toy`` is this script's output with its defaults (about
 108 minutes of wall time on 2-core machines, 54 of them the VAE's, whose phases an earlier run
@@ -100,7 +102,7 @@ VARIANT = "miniflux-384p"      # its latent normalisation and 3-stage scheduler;
 DIT_FOLDER = "diffusion_transformer_384p"
 TEXT_FOLDERS = ("tokenizer", "text_encoder", "tokenizer_2", "text_encoder_2")
 PREVIEW_FILE = "preview.json"     # fit-preview's latent-to-RGB factors for the toy VAE
-VAE_SUMMARY = "summary.json"      # each VAE phase's losses, command and seconds, for --vae-from
+PHASE_SUMMARY = "summary.json"    # each training phase's losses, command and seconds, for --vae-from
 
 
 def render_dataset(folder: Path, clips: int, seed: int, combinations: int | None = None) -> Path:
@@ -254,35 +256,65 @@ def fit_toy_preview(run: Runner, model: Path, folder: Path, seed: int, clips: in
     return model / PREVIEW_FILE
 
 
-def run_vae_phase(run: Runner, output_dir: Path, *settings: str) -> dict:
-    """One ``train-vae`` run into ``output_dir``; its summary (losses, export folder, the command,
-    wall and CPU seconds) is also written to ``output_dir/summary.json`` for ``--vae-from``."""
+def run_phase(run: Runner, command: str, output_dir: Path, *settings: str) -> dict:
+    """One training run (``command``: ``train-vae`` or ``train-dit``) into ``output_dir``; its
+    summary (losses, export folder, the command, wall and CPU seconds) is also written to
+    ``output_dir/summary.json``, for ``--vae-from`` and ``--dit-images-from``."""
     started, cpu_start = time.monotonic(), cpu_seconds()
-    summary = run("train-vae", *settings, f"output_dir={output_dir}")
+    summary = run(command, *settings, f"output_dir={output_dir}")
     summary.update(command=run.commands[-1], wall_s=round(time.monotonic() - started, 1),
                    cpu_s=round(cpu_seconds() - cpu_start, 1))
-    (output_dir / VAE_SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
+    (output_dir / PHASE_SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
     return summary
 
 
-def reuse_vae_phase(run: Runner, earlier_work: Path, work: Path, name: str) -> dict:
-    """Copy the VAE phase ``name`` (``vae_images`` or ``vae``) of an earlier run's work folder into
-    ``work`` instead of training it again (``--vae-from``): the same settings and seed train the
-    same VAE, so only the later phases run (to try DiT settings on one VAE). Returns its summary
-    with ``export`` pointing at the copy; its command joins this run's commands and its seconds
-    this run's record."""
+def reuse_phase(run: Runner, earlier_work: Path, work: Path, name: str, flag: str) -> dict:
+    """Copy the training phase ``name`` (``vae_images``, ``vae`` or ``dit_images``) of an earlier
+    run's work folder into ``work`` instead of training it again (``flag``: ``--vae-from`` or
+    ``--dit-images-from``): the same settings and seed train the same weights, so only the later
+    phases run (to try their settings). Returns its summary with ``export`` pointing at the copy;
+    its command joins this run's commands (the earlier folder written as ``<flag>``) and its
+    seconds this run's record."""
     source = earlier_work / name
-    if not (source / VAE_SUMMARY).is_file():
-        raise SystemExit(f"--vae-from {earlier_work}: no {name}/{VAE_SUMMARY} there; give the --work folder "
-                         "of an earlier run of this script that trained its VAE")
+    if not (source / PHASE_SUMMARY).is_file():
+        raise SystemExit(f"{flag} {earlier_work}: no {name}/{PHASE_SUMMARY} there; give the --work folder "
+                         "of an earlier run of this script that trained that phase")
     shutil.copytree(source, work / name)
-    summary = json.loads((source / VAE_SUMMARY).read_text())
+    summary = json.loads((source / PHASE_SUMMARY).read_text())
     summary["export"] = str(work / name / Path(summary["export"]).name)
     print(f"\nreusing {source} (trained in {summary['wall_s'] / 60:.1f} min): {summary['command']}", flush=True)
-    # its paths are the earlier run's own: written as <vae-from> in this run's record
-    run.commands.append(summary["command"].replace(str(earlier_work.resolve()), "<vae-from>")
-                        .replace(str(earlier_work), "<vae-from>"))
+    placeholder = f"<{flag.lstrip('-')}>"
+    run.commands.append(summary["command"].replace(str(earlier_work.resolve()), placeholder)
+                        .replace(str(earlier_work), placeholder))
     return summary
+
+
+def reused_seconds(*summaries: dict) -> dict:
+    """The wall and CPU seconds the reused phases took in their own runs (None where a run did
+    not measure them; zeros for no phase)."""
+    return {key: None if any(s.get(key) is None for s in summaries) else sum(s[key] for s in summaries)
+            for key in ("wall_s", "cpu_s")}
+
+
+def count_reused(timings: dict, step: str, *summaries: dict) -> None:
+    """Add the seconds of reused phases to ``timings[step]`` and mark it reused, so that the
+    record states what the whole recipe costs."""
+    seconds = reused_seconds(*summaries)
+    timings[step] = {key: None if seconds[key] is None else round(value + seconds[key], 1)
+                     for key, value in timings[step].items()}
+    timings[step]["reused"] = True          # the path is the reader's own, as <work> is
+
+
+def same_weights(file: Path, other: Path) -> bool:
+    """Whether two safetensors files hold the same tensors up to float32 rounding (a VAE that
+    ``--vae-from`` reuses is normalised again, :func:`normalize_latent_channels` being exact only
+    up to rounding)."""
+    import torch
+    from safetensors.torch import load_file
+
+    ours, theirs = load_file(str(file)), load_file(str(other))
+    return ours.keys() == theirs.keys() and all(
+        torch.allclose(ours[key].double(), theirs[key].double(), rtol=1e-4, atol=1e-6) for key in ours)
 
 
 def export_fp16(trained: Path, target: Path) -> None:
@@ -313,6 +345,12 @@ def main(argv: list[str] | None = None) -> int:
     # text-to-video with the shape 18 of 32 against 13, continuation 28 against 25 (MODEL_CARD.md).
     parser.add_argument("--dit-image-steps", type=int, default=6000, help="DiT steps on first frames")
     parser.add_argument("--dit-steps", type=int, default=5600, help="then DiT steps on whole clips")
+    parser.add_argument("--dit-clip-setting", action="append", default=[], metavar="KEY=VALUE",
+                        help="a train-dit setting of the clip phase only, after the recipe's (repeatable; "
+                             "e.g. sample_ratios=[1,1,2] or corrupt_ratio=0.1), to try it on one first-frame DiT")
+    parser.add_argument("--dit-images-from", type=Path, metavar="WORK",
+                        help="reuse the first-frame DiT an earlier run with the same VAE trained (its --work "
+                             "folder; with --vae-from) and train the clip phase only")
     parser.add_argument("--dit-batch", type=int, default=32, help="clips per DiT step (a multiple of 4)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--combinations", type=int, help="train on the first N combinations only (smoke runs)")
@@ -320,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preview-only", action="store_true",
                         help="only fit the preview colours of the model already in --out (step 7)")
     args = parser.parse_args(argv)
+    if args.dit_images_from and not args.vae_from:
+        parser.error("--dit-images-from needs --vae-from: a first-frame DiT learned the latents of its own VAE")
     if args.preview_only:
         fit_toy_preview(Runner(), args.out, args.work / "preview", args.seed, args.preview_clips)
         return 0
@@ -355,24 +395,22 @@ def main(argv: list[str] | None = None) -> int:
                   "ema_decay=0.99", f"vae_config={work / 'vae_config.json'}", "log_every=50", "keep_last=1",
                   "tensorboard=false", "device=cpu", f"seed={args.seed}"]
     if args.vae_from:
-        first, vae = (reuse_vae_phase(run, args.vae_from, work, name) for name in ("vae_images", "vae"))
+        first, vae = (reuse_phase(run, args.vae_from, work, name, "--vae-from") for name in ("vae_images", "vae"))
     else:
-        first = run_vae_phase(run, work / "vae_images", *vae_common, "num_frames=1", "batch_size=8",
-                              f"max_steps={args.vae_image_steps}", "lr=2e-3", f"save_every={args.vae_image_steps}")
-        vae = run_vae_phase(run, work / "vae", *vae_common, f"num_frames={world.FRAMES}", "batch_size=2",
-                            f"max_steps={args.vae_clip_steps}", "lr=1e-3", f"init_weights={first['export']}",
-                            f"save_every={args.vae_clip_steps}")
+        first = run_phase(run, "train-vae", work / "vae_images", *vae_common, "num_frames=1", "batch_size=8",
+                          f"max_steps={args.vae_image_steps}", "lr=2e-3", f"save_every={args.vae_image_steps}")
+        vae = run_phase(run, "train-vae", work / "vae", *vae_common, f"num_frames={world.FRAMES}", "batch_size=2",
+                        f"max_steps={args.vae_clip_steps}", "lr=1e-3", f"init_weights={first['export']}",
+                        f"save_every={args.vae_clip_steps}")
     latent_stats = normalize_latent_channels(Path(vae["export"]), anno)
     print(f"latent channels: {latent_stats}", flush=True)
     mark = lap("train-vae", mark)
     # A reused VAE (--vae-from) counts with the seconds it took in its own run, so that the record
     # states what the whole recipe costs (None where that run did not measure them).
-    reused = {"wall_s": 0.0, "cpu_s": 0.0}
+    reused = []
     if args.vae_from:
-        reused = {key: None if None in (first.get(key), vae.get(key)) else first[key] + vae[key] for key in reused}
-        timings["train-vae"] = {key: None if reused[key] is None else round(value + reused[key], 1)
-                                for key, value in timings["train-vae"].items()}
-        timings["train-vae"]["reused"] = True          # the path is the reader's own, as <work> is
+        reused += [first, vae]
+        count_reused(timings, "train-vae", first, vae)
 
     # Posterior means, not samples: this small VAE's posterior std is about as large as the
     # spread of its means (the released VAE's is tiny), so sampled latents would teach the DiT
@@ -401,13 +439,23 @@ def main(argv: list[str] | None = None) -> int:
                   "warmup_steps=200", "lr_schedule=cosine", "weight_decay=0", "ema_decay=0.998",
                   f"null_text_fea={null_text}", "log_every=100", "keep_last=1", "tensorboard=false", "device=cpu",
                   f"seed={args.seed}"]
-    dit_images = run("train-dit", *dit_common, f"dit_config={work / 'dit_config.json'}", "num_frames=1",
-                     "max_latent_frames=1", f"max_steps={args.dit_image_steps}", f"save_every={args.dit_image_steps}",
-                     f"output_dir={work / 'dit_images'}")
-    dit = run("train-dit", *dit_common, f"init_weights={dit_images['export']}", f"num_frames={world.FRAMES}",
-              "max_latent_frames=3", "temporal_pyramid=true", f"max_steps={args.dit_steps}",
-              f"save_every={args.dit_steps}", f"output_dir={work / 'dit'}")
+    if args.dit_images_from:
+        theirs = args.dit_images_from / "vae" / Path(vae["export"]).name / "diffusion_pytorch_model.safetensors"
+        if not theirs.is_file() or not same_weights(theirs, Path(vae["export"]) / theirs.name):
+            raise SystemExit(f"--dit-images-from {args.dit_images_from}: its first-frame DiT learned another VAE's "
+                             f"latents ({theirs} differs from this run's); give the --vae-from folder it was trained with")
+        dit_images = reuse_phase(run, args.dit_images_from, work, "dit_images", "--dit-images-from")
+    else:
+        dit_images = run_phase(run, "train-dit", work / "dit_images", *dit_common,
+                               f"dit_config={work / 'dit_config.json'}", "num_frames=1", "max_latent_frames=1",
+                               f"max_steps={args.dit_image_steps}", f"save_every={args.dit_image_steps}")
+    dit = run_phase(run, "train-dit", work / "dit", *dit_common, f"init_weights={dit_images['export']}",
+                    f"num_frames={world.FRAMES}", "max_latent_frames=3", "temporal_pyramid=true",
+                    f"max_steps={args.dit_steps}", f"save_every={args.dit_steps}", *args.dit_clip_setting)
     mark = lap("train-dit", mark)
+    if args.dit_images_from:
+        reused.append(dit_images)
+        count_reused(timings, "train-dit", dit_images)
 
     out = args.out          # anything else in it (a model card) stays; the model files are replaced
     for name in ("causal_video_vae", DIT_FOLDER, *TEXT_FOLDERS):
@@ -418,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copytree(text_encoders / name, out / name)
     fit_toy_preview(run, out, work / "preview", args.seed, args.preview_clips)
     lap("export", mark)
+    earlier = reused_seconds(*reused)
     summary = {
         "data": {"clips": len(read_jsonl(anno)), "vae_clips": args.vae_clips,
                  "combinations": len(world.combinations(held_out=False)),
@@ -429,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         "dit_images": {k: dit_images[k] for k in ("step", "first_loss", "last_loss", "best_loss")},
         "dit": {k: dit[k] for k in ("step", "first_loss", "last_loss", "best_loss")},
         "seconds": timings,
-        "total": {key: None if reused[key] is None else round(now - since + reused[key], 1)
+        "total": {key: None if earlier[key] is None else round(now - since + earlier[key], 1)
                   for key, now, since in (("wall_s", time.monotonic(), started), ("cpu_s", cpu_seconds(), cpu_start))},
         # the work and model folders are the reader's own choice (--work, --out): written as
         # <work>, and <out> where the model folder is outside the repository

@@ -45,23 +45,35 @@ def test_the_script_trains_and_exports_a_loadable_model(tmp_path):
     frames = ToyModel(out).text_to_video("a red square moves right on a black background", seed=0, settings=QUICK)
     assert frames.shape == (world.FRAMES, world.HEIGHT, world.WIDTH, 3) and frames.dtype.name == "uint8"
 
-    # --vae-from: the same VAE, the DiT trained again; the record counts the VAE's own seconds
+    # --vae-from and --dit-images-from: the same VAE and first-frame DiT, the clip phase trained
+    # again (with a setting of its own); the record counts the reused phases' own seconds
     again = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_toy_model.py"), "--out", str(tmp_path / "again"),
-                            "--work", str(tmp_path / "work2"), "--vae-from", str(tmp_path / "work"), "--clips", "1",
-                            "--combinations", "3", "--dit-image-steps", "2", "--dit-steps", "2", "--dit-batch", "16",
+                            "--work", str(tmp_path / "work2"), "--vae-from", str(tmp_path / "work"),
+                            "--dit-images-from", str(tmp_path / "work"), "--dit-clip-setting", "sample_ratios=[1,1,2]",
+                            "--clips", "1", "--combinations", "3", "--dit-steps", "2", "--dit-batch", "16",
                             "--preview-clips", "2"],
                            cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     second = json.loads((tmp_path / "again" / "training.json").read_text())
     vae_file = Path("causal_video_vae", "diffusion_pytorch_model.safetensors")
     assert (tmp_path / "again" / vae_file).read_bytes() == (out / vae_file).read_bytes()
-    assert (second["vae"], second["dit"]["step"]) == (record["vae"], 2)
-    vae_seconds = sum(json.loads((tmp_path / "work" / phase / "summary.json").read_text())["wall_s"]
-                      for phase in ("vae_images", "vae"))
-    assert second["seconds"]["train-vae"]["wall_s"] > vae_seconds
-    assert second["total"]["wall_s"] > vae_seconds + second["seconds"]["train-dit"]["wall_s"]
+    assert (second["vae"], second["dit_images"], second["dit"]["step"]) == (record["vae"], record["dit_images"], 2)
+    reused = {phase: json.loads((tmp_path / "work" / phase / "summary.json").read_text())["wall_s"]
+              for phase in ("vae_images", "vae", "dit_images")}
+    assert second["seconds"]["train-vae"]["wall_s"] > reused["vae_images"] + reused["vae"]
+    assert second["seconds"]["train-dit"]["wall_s"] > reused["dit_images"]
+    assert second["total"]["wall_s"] > sum(reused.values())
     assert [c for c in second["commands"] if " train-vae " in c] == \
         [c.replace("<work>", "<vae-from>") for c in record["commands"] if " train-vae " in c]
+    dit_commands = [c for c in second["commands"] if " train-dit " in c]
+    first_frames = next(c for c in record["commands"] if " train-dit " in c)
+    assert dit_commands[0] == first_frames.replace("<work>", "<dit-images-from>")
+    assert "sample_ratios=[1,1,2]" in dit_commands[1]
+
+    # a first-frame DiT is reused only with the VAE it learned from
+    alone = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_toy_model.py"), "--work", str(tmp_path / "w3"),
+                            "--dit-images-from", str(tmp_path / "work")], cwd=ROOT, capture_output=True, text=True)
+    assert alone.returncode == 2 and "--dit-images-from needs --vae-from" in alone.stderr
 
 
 @pytest.fixture(scope="module")
