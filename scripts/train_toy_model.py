@@ -102,7 +102,7 @@ VARIANT = "miniflux-384p"      # its latent normalisation and 3-stage scheduler;
 DIT_FOLDER = "diffusion_transformer_384p"
 TEXT_FOLDERS = ("tokenizer", "text_encoder", "tokenizer_2", "text_encoder_2")
 PREVIEW_FILE = "preview.json"     # fit-preview's latent-to-RGB factors for the toy VAE
-PHASE_SUMMARY = "summary.json"    # each training phase's losses, command and seconds, for --vae-from
+PHASE_SUMMARY = "summary.json"    # each training phase's losses, command and seconds, for reuse
 
 
 def render_dataset(folder: Path, clips: int, seed: int, combinations: int | None = None) -> Path:

@@ -62,7 +62,7 @@ def test_the_script_trains_and_exports_a_loadable_model(tmp_path):
               for phase in ("vae_images", "vae", "dit_images")}
     assert second["seconds"]["train-vae"]["wall_s"] > reused["vae_images"] + reused["vae"]
     assert second["seconds"]["train-dit"]["wall_s"] > reused["dit_images"]
-    assert second["total"]["wall_s"] > sum(reused.values())
+    assert second["total"]["wall_s"] > reused["vae_images"] + reused["vae"] + second["seconds"]["train-dit"]["wall_s"]
     assert [c for c in second["commands"] if " train-vae " in c] == \
         [c.replace("<work>", "<vae-from>") for c in record["commands"] if " train-vae " in c]
     dit_commands = [c for c in second["commands"] if " train-dit " in c]
