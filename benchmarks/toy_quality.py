@@ -19,11 +19,15 @@ its linear weights stored in fp8 (``fp8_e4m3fn``, computed in fp32), or its bloc
 ``torch.compile`` (``compile``: the first videos include the compilation). The VAE stays in
 ``--vae-dtype``.
 
-One JSON line per setting: the success rate of each check, the number of videos behind it, and
-the mean seconds per video (sampling and decoding, this machine); ``--markdown`` then prints
-them as the model card's table.
+``--vae-ceiling`` adds a row of the same checks on the VAE's own reconstructions of rendered
+clips (no DiT): the rates a DiT that generated each clip's exact latents would reach.
+
+One JSON line per setting: the success rate of each check, the number of videos behind it, the
+same rates per shape (``by_shape``: where the model fails), and the mean seconds per video
+(sampling and decoding, this machine); ``--markdown`` then prints them as the model card's table.
 
     python benchmarks/toy_quality.py [--model DIR] [--seeds 4] [--steps 1,2,4,10] [--options fp16,fp8_e4m3fn,compile]
+                                     [--vae-ceiling]
 """
 
 from __future__ import annotations
@@ -56,21 +60,48 @@ def settings_grid(steps: list[int]) -> list[tuple[dict, ToySettings]]:
 
 
 def measure(model: ToyModel, settings: ToySettings, seeds: int) -> dict:
-    videos, started, rates = 0, time.perf_counter(), {}
+    """The rates of the three checks with ``settings`` over ``seeds`` seeds per prompt (and as
+    many scenes), and the seconds per video."""
+    started = time.perf_counter()
     t2v = [(case, seed, checks.check_text_to_video(model, case, seed, settings))
            for case in checks.T2V_CASES for seed in range(seeds)]
-    runs = {"t2v": [verdict for _, _, verdict in t2v],
-            "t2v_held_out": [verdict for case, _, verdict in t2v if checks.is_held_out(case)]}
-    scenes = range(len(checks.T2V_CASES) * seeds)
-    runs["i2v"] = [checks.check_image_to_video(model, checks.scene_for(k), k % seeds, settings) for k in scenes]
-    runs["continue"] = [checks.check_continuation(model, checks.scene_for(k), k % seeds, settings) for k in scenes]
-    for name, verdicts in runs.items():
+    scenes = [checks.scene_for(k) for k in range(len(t2v))]
+    i2v = [checks.check_image_to_video(model, scene, k % seeds, settings) for k, scene in enumerate(scenes)]
+    cont = [checks.check_continuation(model, scene, k % seeds, settings) for k, scene in enumerate(scenes)]
+    return rates([(case, verdict) for case, _, verdict in t2v], scenes, i2v, cont, started)
+
+
+def measure_reconstructions(model: ToyModel, seeds: int) -> dict:
+    """The same checks on the VAE's reconstructions of rendered clips (:func:`checks.check_reconstruction`):
+    a seeded scene of each prompt for text-to-video, the same scenes for the other two. The
+    ceiling of any DiT on this VAE."""
+    started = time.perf_counter()
+    t2v = [(case, checks.check_reconstruction(model, checks.case_scene(case, seed))["t2v"])
+           for case in checks.T2V_CASES for seed in range(seeds)]
+    scenes = [checks.scene_for(k) for k in range(len(t2v))]
+    judged = [checks.check_reconstruction(model, scene) for scene in scenes]
+    return rates(t2v, scenes, [j["i2v"] for j in judged], [j["continue"] for j in judged], started)
+
+
+def rates(t2v: list, scenes: list, i2v: list, cont: list, started: float) -> dict:
+    """Success rates of (case, verdict) pairs for text-to-video and of the verdicts on
+    ``scenes`` for image-to-video and continuation, overall and per shape (``by_shape``: where a
+    model fails), and the seconds per video since ``started``."""
+    runs = {"t2v": [(case[1], verdict) for case, verdict in t2v],
+            "t2v_held_out": [(case[1], verdict) for case, verdict in t2v if checks.is_held_out(case)],
+            "i2v": [(scene.shape, verdict) for scene, verdict in zip(scenes, i2v)],
+            "continue": [(scene.shape, verdict) for scene, verdict in zip(scenes, cont)]}
+    out, by_shape = {}, {}
+    for name, judged in runs.items():
+        out[name] = round(checks.success_rate(verdict for _, verdict in judged), 3)
+        out[f"{name}_videos"] = len(judged)
         if name != "t2v_held_out":
-            videos += len(verdicts)
-        rates[name] = round(checks.success_rate(verdicts), 3)
-        rates[f"{name}_videos"] = len(verdicts)
-    rates["seconds_per_video"] = round((time.perf_counter() - started) / videos, 3)
-    return rates
+            by_shape[name] = {shape: round(checks.success_rate(v for s, v in judged if s == shape), 3)
+                              for shape in sorted({s for s, _ in judged})}
+    videos = len(t2v) + len(i2v) + len(cont)
+    out["seconds_per_video"] = round((time.perf_counter() - started) / videos, 3)
+    out["by_shape"] = by_shape
+    return out
 
 
 OPTIONS = {"fp16": {"dtype": "fp16"}, "fp8_e4m3fn": {"dtype": "fp8_e4m3fn"}, "compile": {"compile": "default"}}
@@ -81,9 +112,13 @@ def markdown(rows: list[dict]) -> str:
     lines = ["| DiT | steps per stage | history | text-to-video (held-out) | image-to-video | continuation | s / video |",
              "|---|---|---|---|---|---|---|"]
     for row in rows:
-        history = (f"{row['recent_units']} recent unit{'s' if row['recent_units'] > 1 else ''}, "
-                   + ("all frames" if row["history_frames"] is None else f"{row['history_frames']} past frame(s)"))
-        lines.append(f"| {row['dit']} | {row['steps_per_stage']} | {history} | {row['t2v']:.3f} ({row['t2v_held_out']:.3f}) "
+        if row["steps_per_stage"] is None:      # the VAE's reconstructions: no sampling
+            steps, history = "--", "--"
+        else:
+            steps = row["steps_per_stage"]
+            history = (f"{row['recent_units']} recent unit{'s' if row['recent_units'] > 1 else ''}, "
+                       + ("all frames" if row["history_frames"] is None else f"{row['history_frames']} past frame(s)"))
+        lines.append(f"| {row['dit']} | {steps} | {history} | {row['t2v']:.3f} ({row['t2v_held_out']:.3f}) "
                      f"| {row['i2v']:.3f} | {row['continue']:.3f} | {row['seconds_per_video']:.2f} |")
     return "\n".join(lines)
 
@@ -99,6 +134,9 @@ def main() -> int:
                              "(fp16 runs on the CPU, slowly; none: '')")
     parser.add_argument("--vae-dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
     parser.add_argument("--no-history-variants", action="store_true", help="only the step counts of --steps")
+    parser.add_argument("--vae-ceiling", action="store_true",
+                        help="also a row of the same checks on the VAE's own reconstructions of rendered clips "
+                             "(no DiT): the rates a DiT that generated each clip's exact latents would reach")
     parser.add_argument("--markdown", action="store_true", help="also print the rows as a markdown table")
     parser.add_argument("--write-quality", action="store_true",
                         help="write the fp32 row at the largest step count to MODEL/quality.json: the rates "
@@ -128,6 +166,11 @@ def main() -> int:
                 quality.update(seeds=args.seeds, steps_per_stage=label["steps_per_stage"], guidance=settings.guidance,
                                written_by="python benchmarks/toy_quality.py --write-quality")
                 (args.model / QUALITY_FILE).write_text(json.dumps(quality, indent=1) + "\n")
+    if args.vae_ceiling:
+        rows.append({"benchmark": "toy_quality", "dit": "none (VAE reconstructions)", "vae_dtype": args.vae_dtype,
+                     "steps_per_stage": None, "recent_units": None, "history_frames": None,
+                     **measure_reconstructions(ToyModel(args.model, vae_dtype=args.vae_dtype), args.seeds)})
+        print(json.dumps(rows[-1]), flush=True)
     if args.markdown:
         print(markdown(rows))
     return 0

@@ -143,6 +143,23 @@ def judge_continuation(frames: np.ndarray, scene: world.Scene, seam: int = SEAM)
                                                 "speed_ratio": round(ratio, 3)})
 
 
+def case_scene(case: tuple[str, str, str, str], seed: int) -> world.Scene:
+    """A seeded random scene of a text-to-video ``case`` (colour, shape, direction, background)."""
+    return world.random_scene(np.random.default_rng(seed), *case)
+
+
+def check_reconstruction(model: ToyModel, scene: world.Scene) -> dict[str, judge.Verdict]:
+    """The scene's rendered clip through the VAE alone (:meth:`ToyModel.reconstruct`), judged as
+    text-to-video (``"t2v"``, with the shape), image-to-video (``"i2v"``, from the clip's own
+    frame 0) and continuation (``"continue"``, at the seam): the verdicts a DiT that generated
+    the clip's exact latents would get, so their rates are the ceiling of any DiT on this VAE."""
+    clip = world.render(scene)
+    frames = model.reconstruct(clip)
+    return {"t2v": judge_text_to_video(frames, scene.color, scene.shape, scene.direction),
+            "i2v": judge_image_to_video(frames, clip[0], scene),
+            "continue": judge_continuation(frames, scene)}
+
+
 def success_rate(verdicts: Iterable[judge.Verdict]) -> float:
     verdicts = list(verdicts)
     return sum(v.ok for v in verdicts) / len(verdicts) if verdicts else 0.0

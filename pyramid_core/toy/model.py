@@ -105,6 +105,15 @@ class ToyModel:
                                  num_frames=num_frames, **common)
         return self.decode(latents)
 
+    def reconstruct(self, frames: np.ndarray) -> np.ndarray:
+        """``frames`` (uint8 ``(1 + 8j, 128, 128, 3)``) through the VAE alone (posterior mean, then
+        decoded), as ``(1 + 8j, 128, 128, 3)`` uint8: what a DiT that generated exactly the
+        latents of the clip would show, so the checks on it are the ceiling of any DiT on this VAE."""
+        pixels = frames_to_pixels(torch.from_numpy(np.ascontiguousarray(frames))).to(self.device)
+        with torch.no_grad():
+            latents = encode_frames(self.vae, pixels, self.variant, sample=False)
+        return self.decode(latents)
+
     def continue_video(self, frames: np.ndarray, prompt: str, seed: int, settings: ToySettings = ToySettings(),
                        num_frames: int = world.FRAMES) -> np.ndarray:
         """``frames`` (uint8 ``(1 + 8j, 128, 128, 3)``) continued to ``num_frames`` frames in all."""

@@ -37,6 +37,10 @@ SCENE_SEEDS = range(16)             # image-to-video and continuation: 16 scenes
 T2V_MIN_PASSED = 12                 # of 32; the model: 18 (11 of the 16 held-out prompts' videos)
 I2V_MIN_PASSED = 4                  # of 16; the model: 8
 CONTINUATION_MIN_PASSED = 11        # of 16 (0.75 * 85% = 64%); the model: 13
+# The VAE alone (checks.check_reconstruction, no sampling) passes each check on 14 of the 16
+# scenes' reconstructions; the two others are green triangles on gray, whose green it loses
+# after frame 2. Its round trip has no random draws, so the margin is for rounding only.
+RECONSTRUCTION_MIN_PASSED = {"t2v": 12, "i2v": 12, "continue": 12}   # of 16
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +69,17 @@ def test_image_to_video_starts_from_the_image_and_keeps_its_shape_while_it_moves
 def test_continuation_keeps_the_colour_and_the_direction_of_motion_across_the_seam(toy):
     verdicts = [checks.check_continuation(toy, checks.scene_for(seed), seed, SETTINGS) for seed in SCENE_SEEDS]
     assert sum(v.ok for v in verdicts) >= CONTINUATION_MIN_PASSED, _report(verdicts)
+
+
+def test_the_vae_alone_passes_every_check_on_its_reconstructions(toy):
+    """The ceiling of any DiT on this VAE: rendered clips through the VAE alone, judged as
+    text-to-video (with the shape), image-to-video and continuation. A helper that breaks the
+    round trip (the latent normalisation, the causal first frame, decoding in chunks) fails
+    here without sampling; and the DiT's checks above are then read against this ceiling."""
+    judged = [checks.check_reconstruction(toy, checks.scene_for(seed)) for seed in SCENE_SEEDS]
+    for name, need in RECONSTRUCTION_MIN_PASSED.items():
+        verdicts = [j[name] for j in judged]
+        assert sum(v.ok for v in verdicts) >= need, f"{name}:\n{_report(verdicts)}"
 
 
 def test_the_committed_model_is_the_scripts_fp16_output():

@@ -1,0 +1,45 @@
+"""benchmarks/toy_quality.py's bookkeeping, without sampling: the rates of each check overall, on
+held-out prompts and per shape, and the model card's table with the VAE ceiling's row."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+import toy_quality  # noqa: E402
+
+from pyramid_core.toy import checks, judge  # noqa: E402
+
+TRAINED = ("red", "square", "right", "black")
+HELD_OUT = ("red", "triangle", "left", "gray")
+
+
+def _verdict(ok: bool) -> judge.Verdict:
+    return judge.Verdict(ok, [] if ok else ["made up"], {})
+
+
+def test_rates_count_each_check_overall_on_held_out_prompts_and_per_shape():
+    assert not checks.is_held_out(TRAINED) and checks.is_held_out(HELD_OUT)
+    t2v = [(TRAINED, _verdict(True)), (TRAINED, _verdict(False)), (HELD_OUT, _verdict(True))]
+    scenes = [checks.case_scene(TRAINED, 0), checks.case_scene(HELD_OUT, 0), checks.case_scene(HELD_OUT, 1)]
+    i2v = [_verdict(True), _verdict(False), _verdict(True)]
+    cont = [_verdict(False)] * 3
+    rates = toy_quality.rates(t2v, scenes, i2v, cont, time.perf_counter())
+    assert (rates["t2v"], rates["t2v_held_out"], rates["i2v"], rates["continue"]) == (0.667, 1.0, 0.667, 0.0)
+    assert (rates["t2v_videos"], rates["t2v_held_out_videos"], rates["i2v_videos"]) == (3, 1, 3)
+    assert rates["by_shape"] == {"t2v": {"square": 0.5, "triangle": 1.0}, "i2v": {"square": 1.0, "triangle": 0.5},
+                                 "continue": {"square": 0.0, "triangle": 0.0}}
+    assert rates["seconds_per_video"] >= 0
+
+
+def test_the_table_shows_the_vae_ceiling_without_steps_or_history():
+    common = {"t2v": 0.5, "t2v_held_out": 0.25, "i2v": 0.75, "continue": 1.0, "seconds_per_video": 1.5}
+    rows = [{"dit": "fp32", "steps_per_stage": 10, "recent_units": 2, "history_frames": None, **common},
+            {"dit": "none (VAE reconstructions)", "steps_per_stage": None, "recent_units": None,
+             "history_frames": None, **common}]
+    table = toy_quality.markdown(rows).splitlines()
+    assert table[2] == "| fp32 | 10 | 2 recent units, all frames | 0.500 (0.250) | 0.750 | 1.000 | 1.50 |"
+    assert table[3] == "| none (VAE reconstructions) | -- | -- | 0.500 (0.250) | 0.750 | 1.000 | 1.50 |"
