@@ -80,6 +80,12 @@ class ToyModel:
     def _text(self, prompt: str, settings: ToySettings):
         return self.text.conditioning(prompt, settings.negative_prompt, settings.prompt_suffix)
 
+    def _encode_clip(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 frames ``(1 + 8j, H, W, 3)`` -> normalised latents ``(1, 16, 1 + j, H / 8, W / 8)``
+        (the posterior mean: no random draw)."""
+        pixels = frames_to_pixels(torch.from_numpy(np.ascontiguousarray(frames))).to(self.device)
+        return encode_frames(self.vae, pixels, self.variant, sample=False)
+
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         """Normalised latents ``(1, 16, T, h, w)`` -> uint8 frames ``(1 + 8(T-1), H, W, 3)``."""
         with torch.no_grad():
@@ -109,18 +115,13 @@ class ToyModel:
         """``frames`` (uint8 ``(1 + 8j, 128, 128, 3)``) through the VAE alone (posterior mean, then
         decoded), as ``(1 + 8j, 128, 128, 3)`` uint8: what a DiT that generated exactly the
         latents of the clip would show, so the checks on it are the ceiling of any DiT on this VAE."""
-        pixels = frames_to_pixels(torch.from_numpy(np.ascontiguousarray(frames))).to(self.device)
-        with torch.no_grad():
-            latents = encode_frames(self.vae, pixels, self.variant, sample=False)
-        return self.decode(latents)
+        return self.decode(self._encode_clip(frames))
 
     def continue_video(self, frames: np.ndarray, prompt: str, seed: int, settings: ToySettings = ToySettings(),
                        num_frames: int = world.FRAMES) -> np.ndarray:
         """``frames`` (uint8 ``(1 + 8j, 128, 128, 3)``) continued to ``num_frames`` frames in all."""
         common = self._common(seed, settings)
-        pixels = frames_to_pixels(torch.from_numpy(np.ascontiguousarray(frames))).to(self.device)
-        latents = encode_frames(self.vae, pixels, self.variant, sample=False)
-        latents = continue_video(self.dit, self._text(prompt, settings), video_latents=latents,
+        latents = continue_video(self.dit, self._text(prompt, settings), video_latents=self._encode_clip(frames),
                                  num_frames=num_frames, **common)
         return self.decode(latents)
 
