@@ -24,7 +24,7 @@ SEEDS = tuple(range(6))
 MIN_PASSED = {
     "pyramid_flow_t2v_384p": 3,        # (6)
     "pyramid_flow_t2v_768p": 3,        # (6)
-    "pyramid_flow_t2v_per_stage": 3,   # (5)
+    "pyramid_flow_t2v_per_stage": 3,   # (6)
     "pyramid_flow_i2v_384p": 3,        # (6)
     "pyramid_flow_continue_384p": 3,   # (6)
     "pyramid_flow_t2i_1024p": 3,       # (6)

@@ -28,7 +28,7 @@ def test_the_script_trains_and_exports_a_loadable_model(tmp_path):
                            "--work", str(tmp_path / "work"), "--clips", "1", "--combinations", "3",
                            "--vae-clips", "8", "--vae-image-steps", "2", "--vae-clip-steps", "2", "--dit-image-steps", "3",
                            "--dit-steps", "4",
-                           "--dit-batch", "16", "--preview-clips", "2"],
+                           "--dit-image-batch", "16", "--dit-batch", "16", "--preview-clips", "2"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     for name in FOLDERS:
