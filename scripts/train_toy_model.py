@@ -36,8 +36,9 @@ run it on their own videos:
 
 Everything is seeded: the same command gives the same data and the same training run on the
 same software (training on another CPU may round differently). ``--vae-from WORK`` takes the
-VAE an earlier run trained (its ``--work`` folder) and runs the later steps only, to try DiT
-settings on one VAE; ``--dit-images-from WORK`` (with it) takes that run's first-frame DiT as
+VAE an earlier run trained (its ``--work`` folder, or ``--vae-from MODEL``: the VAE a model
+folder this script wrote ships, such as the committed one) and runs the later steps only, to try
+DiT settings on one VAE; ``--dit-images-from WORK`` (with it) takes that run's first-frame DiT as
 well and trains the clip phase only, with any ``--dit-clip-setting KEY=VALUE`` of ``train-dit``
 to try. The record still counts the reused phases' seconds.
 ``training.json`` records the wall and CPU time of each phase on the machine that made it;
@@ -280,7 +281,8 @@ def reuse_phase(run: Runner, earlier_work: Path, work: Path, name: str, flag: st
     source = earlier_work / name
     if not (source / PHASE_SUMMARY).is_file():
         raise SystemExit(f"{flag} {earlier_work}: no {name}/{PHASE_SUMMARY} there; give the --work folder "
-                         "of an earlier run of this script that trained that phase")
+                         "of an earlier run of this script that trained that phase"
+                         + (" (or, for --vae-from, a model folder it wrote)" if flag == "--vae-from" else ""))
     shutil.copytree(source, work / name)
     summary = json.loads((source / PHASE_SUMMARY).read_text())
     summary["export"] = str(work / name / Path(summary["export"]).name)
@@ -289,6 +291,29 @@ def reuse_phase(run: Runner, earlier_work: Path, work: Path, name: str, flag: st
     run.commands.append(summary["command"].replace(str(earlier_work.resolve()), placeholder)
                         .replace(str(earlier_work), placeholder))
     return summary
+
+
+def reuse_model_vae(run: Runner, model: Path, work: Path) -> tuple[dict, dict, dict, dict]:
+    """Take the VAE a model folder ships (``--vae-from MODEL``: an earlier output of this script,
+    such as the committed toy model) instead of training one: its ``causal_video_vae`` is copied
+    into ``work/vae`` as it is, already normalised (:func:`normalize_latent_channels` ran when it
+    was made), so the DiT learns the very latents that VAE gives users. The work folders of
+    earlier runs are scratch space that does not last; the model folder does.
+
+    Returns the two VAE phases' records (losses, and ``export`` pointing at the copy), the latent
+    statistics and the seconds the VAE took, all as that model's ``training.json`` states them;
+    its train-vae commands join this run's (its ``<work>`` written as ``<vae-from>``).
+    """
+    if not (model / "training.json").is_file():
+        raise SystemExit(f"--vae-from {model}: a model folder needs the training.json this script wrote "
+                         "with it (the VAE's losses, commands and seconds)")
+    record = json.loads((model / "training.json").read_text())
+    export = work / "vae" / "causal_video_vae"
+    shutil.copytree(model / "causal_video_vae", export)
+    seconds = {key: record["seconds"]["train-vae"][key] for key in ("wall_s", "cpu_s")}
+    print(f"\nreusing the VAE of {model} (trained in {seconds['wall_s'] / 60:.1f} min)", flush=True)
+    run.commands += [c.replace("<work>", "<vae-from>") for c in record["commands"] if " train-vae " in c]
+    return ({**record["vae_images"]}, {**record["vae"], "export": str(export)}, record["latent_channels"], seconds)
 
 
 def reused_seconds(*summaries: dict) -> dict:
@@ -339,8 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vae-clips", type=int, default=600, help="clips of several shapes for the VAE")
     parser.add_argument("--vae-image-steps", type=int, default=3000, help="steps on still frames")
     parser.add_argument("--vae-clip-steps", type=int, default=1200, help="then steps on whole clips")
-    parser.add_argument("--vae-from", type=Path, metavar="WORK",
-                        help="the --work folder of an earlier run: reuse its trained VAE, run the later phases again")
+    parser.add_argument("--vae-from", type=Path, metavar="WORK|MODEL",
+                        help="reuse a trained VAE and run the later phases again: the --work folder of an earlier "
+                             "run, or a model folder this script wrote (e.g. toy_model/pyramid-flow-toy)")
     # More steps at a smaller batch: on 2 cores a step costs about in proportion to its clips
     # (a first-frame step of 32 about 0.2 s; a clip step of 64, 32, 16 about 0.6, 0.29, 0.18 s),
     # and this small DiT gains more from updates than from larger batches. In about the same
@@ -400,23 +426,29 @@ def main(argv: list[str] | None = None) -> int:
                   "betas=[0.9,0.99]", "pixel_loss=mse", "perceptual_weight=0", "disc_weight=0", "kl_weight=1e-5",
                   "ema_decay=0.99", f"vae_config={work / 'vae_config.json'}", "log_every=50", "keep_last=1",
                   "tensorboard=false", "device=cpu", f"seed={args.seed}"]
-    if args.vae_from:
+    vae_is_shipped = args.vae_from is not None and (args.vae_from / "causal_video_vae").is_dir()
+    if vae_is_shipped:
+        first, vae, latent_stats, seconds = reuse_model_vae(run, args.vae_from, work)
+        vae_seconds = [seconds]
+    elif args.vae_from:
         first, vae = (reuse_phase(run, args.vae_from, work, name, "--vae-from") for name in ("vae_images", "vae"))
+        vae_seconds = [first, vae]
     else:
         first = run_phase(run, "train-vae", work / "vae_images", *vae_common, "num_frames=1", "batch_size=8",
                           f"max_steps={args.vae_image_steps}", "lr=2e-3", f"save_every={args.vae_image_steps}")
         vae = run_phase(run, "train-vae", work / "vae", *vae_common, f"num_frames={world.FRAMES}", "batch_size=2",
                         f"max_steps={args.vae_clip_steps}", "lr=1e-3", f"init_weights={first['export']}",
                         f"save_every={args.vae_clip_steps}")
-    latent_stats = normalize_latent_channels(Path(vae["export"]), anno)
+    if not vae_is_shipped:
+        latent_stats = normalize_latent_channels(Path(vae["export"]), anno)
     print(f"latent channels: {latent_stats}", flush=True)
     mark = lap("train-vae", mark)
     # A reused VAE (--vae-from) counts with the seconds it took in its own run, so that the record
     # states what the whole recipe costs (None where that run did not measure them).
     reused = []
     if args.vae_from:
-        reused += [first, vae]
-        count_reused(timings, "train-vae", first, vae)
+        reused += vae_seconds
+        count_reused(timings, "train-vae", *reused)
 
     # Posterior means, not samples: this small VAE's posterior std is about as large as the
     # spread of its means (the released VAE's is tiny), so sampled latents would teach the DiT

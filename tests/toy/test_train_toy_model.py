@@ -70,6 +70,23 @@ def test_the_script_trains_and_exports_a_loadable_model(tmp_path):
     assert dit_commands[0] == first_frames.replace("<work>", "<dit-images-from>")
     assert "sample_ratios=[1,1,2]" in dit_commands[1]
 
+    # --vae-from MODEL: the VAE a model folder ships, as it is (already normalised), with the
+    # losses, latent statistics, commands and seconds its training.json states
+    shipped = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_toy_model.py"), "--out", str(tmp_path / "third"),
+                              "--work", str(tmp_path / "work3"), "--vae-from", str(out), "--clips", "1",
+                              "--combinations", "3", "--dit-image-steps", "2", "--dit-steps", "2",
+                              "--dit-image-batch", "16", "--dit-batch", "16", "--preview-clips", "2"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert shipped.returncode == 0, shipped.stdout[-3000:] + shipped.stderr[-3000:]
+    third = json.loads((tmp_path / "third" / "training.json").read_text())
+    assert (tmp_path / "third" / vae_file).read_bytes() == (out / vae_file).read_bytes()
+    assert [third[k] for k in ("vae_images", "vae", "latent_channels")] == \
+        [record[k] for k in ("vae_images", "vae", "latent_channels")]
+    assert third["seconds"]["train-vae"]["wall_s"] >= record["seconds"]["train-vae"]["wall_s"]
+    assert [c for c in third["commands"] if " train-vae " in c] == \
+        [c.replace("<work>", "<vae-from>") for c in record["commands"] if " train-vae " in c]
+    assert (third["dit_images"]["step"], third["dit"]["step"]) == (2, 2)
+
     # a first-frame DiT is reused only with the VAE it learned from
     alone = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_toy_model.py"), "--work", str(tmp_path / "w3"),
                             "--dit-images-from", str(tmp_path / "work")], cwd=ROOT, capture_output=True, text=True)
