@@ -64,6 +64,33 @@ def test_causal_conv_chunks_equal_one_pass(stride):
     torch.testing.assert_close(torch.cat(parts, dim=2), full, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("stride", [(1, 1, 1), (2, 1, 1), (1, 2, 2)])
+def test_a_single_frame_takes_the_last_time_tap_only_with_the_same_values_and_gradients(stride):
+    """One frame with nothing before it skips the time taps that would multiply the front padding's
+    zeros: the output and the weight and input gradients are the full padded convolution's, and a
+    chunked pass that starts with that frame goes on as one pass does."""
+    torch.manual_seed(0)
+    conv = CausalConv3d(3, 4, kernel_size=3, stride=stride)
+    frame = torch.randn(2, 3, 1, 6, 6, requires_grad=True)
+    out = conv(frame)
+    padded = torch.nn.functional.pad(frame, conv.time_padding)
+    expected = torch.nn.functional.conv3d(padded, conv.conv.weight, conv.conv.bias, stride=conv.conv.stride,
+                                          padding=conv.conv.padding)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+    grads = torch.autograd.grad((out * out.detach()).sum(), [conv.conv.weight, conv.conv.bias, frame])
+    expected_grads = torch.autograd.grad((expected * expected.detach()).sum(), [conv.conv.weight, conv.conv.bias, frame])
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert not grads[0][:, :, :-1].any()          # the skipped taps: no gradient, as in the full conv
+    video = torch.randn(1, 3, 9, 6, 6)
+    with torch.no_grad():
+        cache = CausalCache()
+        first = conv(video[:, :, :1], cache)
+        cache.first_chunk = False
+        torch.testing.assert_close(torch.cat([first, conv(video[:, :, 1:], cache)], dim=2), conv(video),
+                                   atol=1e-6, rtol=0)
+
+
 def test_chunked_encode_and_decode_equal_one_pass():
     vae = tiny_vae()
     torch.manual_seed(1)

@@ -69,6 +69,7 @@ class CausalConv3d(nn.Module):
         if self.time_kernel == 1:
             return self.conv(x)
         tail = None if cache is None else cache.tails.get(self)
+        frame = x if tail is None and x.shape[2] == 1 else None      # one frame, nothing before it
         if tail is None:
             x = F.pad(x, self.time_padding)  # zeros before the first frame
         else:
@@ -78,4 +79,19 @@ class CausalConv3d(nn.Module):
             # everything from there on is needed again by the next chunk.
             num_windows = (x.shape[2] - self.time_kernel) // self.time_stride + 1
             cache.tails[self] = x[:, :, num_windows * self.time_stride :].clone()
+        if frame is not None:
+            return self.single_frame(frame)
         return self.conv(x)  # (B, C_out, T_out, H_out, W_out)
+
+    def single_frame(self, x: torch.Tensor) -> torch.Tensor:
+        """The convolution of one frame with nothing before it: (B, C, 1, H, W) -> (B, C_out, 1, H', W').
+
+        Padded in front, the frame is the last of the only window, so every earlier time tap
+        multiplies zeros: the output is the last tap's 2D convolution, at a third of the work
+        for a 3-tap kernel (an image encoded, a VAE trained on still frames). The earlier taps'
+        gradients are zero either way (in the full convolution they are sums of products with
+        zeros), so training steps on still frames are the same up to the order of the sums.
+        """
+        conv = self.conv
+        return F.conv3d(x, conv.weight[:, :, -1:], conv.bias, stride=(1, *conv.stride[1:]),
+                        padding=conv.padding, dilation=conv.dilation, groups=conv.groups)
