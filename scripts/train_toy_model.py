@@ -426,28 +426,26 @@ def main(argv: list[str] | None = None) -> int:
                   "betas=[0.9,0.99]", "pixel_loss=mse", "perceptual_weight=0", "disc_weight=0", "kl_weight=1e-5",
                   "ema_decay=0.99", f"vae_config={work / 'vae_config.json'}", "log_every=50", "keep_last=1",
                   "tensorboard=false", "device=cpu", f"seed={args.seed}"]
-    vae_is_shipped = args.vae_from is not None and (args.vae_from / "causal_video_vae").is_dir()
-    if vae_is_shipped:
-        first, vae, latent_stats, seconds = reuse_model_vae(run, args.vae_from, work)
-        vae_seconds = [seconds]
-    elif args.vae_from:
-        first, vae = (reuse_phase(run, args.vae_from, work, name, "--vae-from") for name in ("vae_images", "vae"))
-        vae_seconds = [first, vae]
-    else:
-        first = run_phase(run, "train-vae", work / "vae_images", *vae_common, "num_frames=1", "batch_size=8",
-                          f"max_steps={args.vae_image_steps}", "lr=2e-3", f"save_every={args.vae_image_steps}")
-        vae = run_phase(run, "train-vae", work / "vae", *vae_common, f"num_frames={world.FRAMES}", "batch_size=2",
-                        f"max_steps={args.vae_clip_steps}", "lr=1e-3", f"init_weights={first['export']}",
-                        f"save_every={args.vae_clip_steps}")
-    if not vae_is_shipped:
-        latent_stats = normalize_latent_channels(Path(vae["export"]), anno)
-    print(f"latent channels: {latent_stats}", flush=True)
-    mark = lap("train-vae", mark)
     # A reused VAE (--vae-from) counts with the seconds it took in its own run, so that the record
     # states what the whole recipe costs (None where that run did not measure them).
     reused = []
-    if args.vae_from:
-        reused += vae_seconds
+    if args.vae_from is not None and (args.vae_from / "causal_video_vae").is_dir():
+        first, vae, latent_stats, seconds = reuse_model_vae(run, args.vae_from, work)    # already normalised
+        reused.append(seconds)
+    else:
+        if args.vae_from:
+            first, vae = (reuse_phase(run, args.vae_from, work, name, "--vae-from") for name in ("vae_images", "vae"))
+            reused += [first, vae]
+        else:
+            first = run_phase(run, "train-vae", work / "vae_images", *vae_common, "num_frames=1", "batch_size=8",
+                              f"max_steps={args.vae_image_steps}", "lr=2e-3", f"save_every={args.vae_image_steps}")
+            vae = run_phase(run, "train-vae", work / "vae", *vae_common, f"num_frames={world.FRAMES}", "batch_size=2",
+                            f"max_steps={args.vae_clip_steps}", "lr=1e-3", f"init_weights={first['export']}",
+                            f"save_every={args.vae_clip_steps}")
+        latent_stats = normalize_latent_channels(Path(vae["export"]), anno)
+    print(f"latent channels: {latent_stats}", flush=True)
+    mark = lap("train-vae", mark)
+    if reused:
         count_reused(timings, "train-vae", *reused)
 
     # Posterior means, not samples: this small VAE's posterior std is about as large as the
