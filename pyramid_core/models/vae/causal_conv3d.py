@@ -69,19 +69,21 @@ class CausalConv3d(nn.Module):
         if self.time_kernel == 1:
             return self.conv(x)
         tail = None if cache is None else cache.tails.get(self)
-        frame = x if tail is None and x.shape[2] == 1 else None      # one frame, nothing before it
-        if tail is None:
-            x = F.pad(x, self.time_padding)  # zeros before the first frame
-        else:
-            x = torch.cat([tail, x], dim=2)
+        if tail is None and x.shape[2] == 1:  # one frame, nothing before it: no padded copy to convolve
+            if cache is not None:
+                self.keep_tail(F.pad(x, self.time_padding), cache)
+            return self.single_frame(x)
+        x = F.pad(x, self.time_padding) if tail is None else torch.cat([tail, x], dim=2)  # zeros before frame 0
         if cache is not None:
-            # The next window starts right after the last one that fits in this chunk;
-            # everything from there on is needed again by the next chunk.
-            num_windows = (x.shape[2] - self.time_kernel) // self.time_stride + 1
-            cache.tails[self] = x[:, :, num_windows * self.time_stride :].clone()
-        if frame is not None:
-            return self.single_frame(frame)
+            self.keep_tail(x, cache)
         return self.conv(x)  # (B, C_out, T_out, H_out, W_out)
+
+    def keep_tail(self, padded: torch.Tensor, cache: CausalCache) -> None:
+        """Keep the frames of ``padded`` (this chunk's input with its front padding or the last
+        chunk's tail) that the next chunk's first window starts on: everything after the last
+        window that fits in this chunk."""
+        num_windows = (padded.shape[2] - self.time_kernel) // self.time_stride + 1
+        cache.tails[self] = padded[:, :, num_windows * self.time_stride :].clone()
 
     def single_frame(self, x: torch.Tensor) -> torch.Tensor:
         """The convolution of one frame with nothing before it: (B, C, 1, H, W) -> (B, C_out, 1, H', W').
