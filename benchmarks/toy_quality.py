@@ -12,9 +12,11 @@ pipelines and runs the checks of pyramid_core/toy/checks.py:
 
 the last two from as many scenes (``checks.scene_for``) as text-to-video makes videos.
 
-The settings: the steps per pyramid stage of ``--steps``, then at the largest of them the
-history variants (recent units at full resolution, a cap on past latent frames), all with the
-DiT in fp32; then one row for each of ``--options``, at the largest step count: the DiT in fp16,
+The settings: the steps per pyramid stage of ``--steps`` (with :class:`ToySettings`' guidance:
+4 for the first frame, 2 for the video units), then at the largest of them the history variants
+(recent units at full resolution, a cap on past latent frames) and each video guidance of
+``--video-guidance`` (4: the video guidance the toy models were first judged at), all with the DiT in
+fp32; then one row for each of ``--options``, at the largest step count: the DiT in fp16,
 its linear weights stored in fp8 (``fp8_e4m3fn``, computed in fp32), or its blocks compiled with
 ``torch.compile`` (``compile``: the first videos include the compilation). The VAE stays in
 ``--vae-dtype``.
@@ -27,7 +29,7 @@ same rates per shape (``by_shape``: where the model fails), and the mean seconds
 (sampling and decoding, this machine); ``--markdown`` then prints them as the model card's table.
 
     python benchmarks/toy_quality.py [--model DIR] [--seeds 4] [--steps 1,2,4,10] [--options fp16,fp8_e4m3fn,compile]
-                                     [--vae-ceiling]
+                                     [--video-guidance 4] [--vae-ceiling]
 """
 
 from __future__ import annotations
@@ -46,16 +48,24 @@ from pyramid_core.toy import checks  # noqa: E402
 from pyramid_core.toy.model import QUALITY_FILE, ToyModel, ToySettings  # noqa: E402
 
 
-def settings_grid(steps: list[int]) -> list[tuple[dict, ToySettings]]:
-    """(label, settings): each step count with the default history, then history variants at the
-    largest step count."""
-    grid = [({"steps_per_stage": n, "recent_units": 1, "history_frames": None},
-             ToySettings(steps=(n,) * 3, video_steps=(n,) * 3)) for n in steps]
+def settings_grid(steps: list[int], video_guidances: list[float] = ()) -> list[tuple[dict, ToySettings]]:
+    """(label, settings): each step count with the default history and guidance, then at the
+    largest step count the history variants and each of ``video_guidances``."""
+    default = ToySettings.video_guidance
+
+    def label(n: int, recent: int = 1, frames: int | None = None, video_guidance: float = default) -> dict:
+        return {"steps_per_stage": n, "recent_units": recent, "history_frames": frames,
+                "video_guidance": video_guidance}
+
+    grid = [(label(n), ToySettings(steps=(n,) * 3, video_steps=(n,) * 3)) for n in steps]
     top = max(steps)
     for recent, frames in ((2, None), (1, 1)):
-        grid.append(({"steps_per_stage": top, "recent_units": recent, "history_frames": frames},
+        grid.append((label(top, recent, frames),
                      ToySettings(steps=(top,) * 3, video_steps=(top,) * 3,
                                  history=HistoryConfig(recent_units=recent, max_frames=frames))))
+    for video_guidance in video_guidances:
+        grid.append((label(top, video_guidance=video_guidance),
+                     ToySettings(steps=(top,) * 3, video_steps=(top,) * 3, video_guidance=video_guidance)))
     return grid
 
 
@@ -109,16 +119,18 @@ OPTIONS = {"fp16": {"dtype": "fp16"}, "fp8_e4m3fn": {"dtype": "fp8_e4m3fn"}, "co
 
 def markdown(rows: list[dict]) -> str:
     """The rows as the model card's table."""
-    lines = ["| DiT | steps per stage | history | text-to-video (held-out) | image-to-video | continuation | s / video |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| DiT | steps per stage | history | video guidance | text-to-video (held-out) | image-to-video "
+             "| continuation | s / video |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         if row["steps_per_stage"] is None:      # the VAE's reconstructions: no sampling
-            steps, history = "--", "--"
+            steps, history, video_guidance = "--", "--", "--"
         else:
-            steps = row["steps_per_stage"]
+            steps, video_guidance = row["steps_per_stage"], f"{row['video_guidance']:g}"
             history = (f"{row['recent_units']} recent unit{'s' if row['recent_units'] > 1 else ''}, "
                        + ("all frames" if row["history_frames"] is None else f"{row['history_frames']} past frame(s)"))
-        lines.append(f"| {row['dit']} | {steps} | {history} | {row['t2v']:.3f} ({row['t2v_held_out']:.3f}) "
+        lines.append(f"| {row['dit']} | {steps} | {history} | {video_guidance} "
+                     f"| {row['t2v']:.3f} ({row['t2v_held_out']:.3f}) "
                      f"| {row['i2v']:.3f} | {row['continue']:.3f} | {row['seconds_per_video']:.2f} |")
     return "\n".join(lines)
 
@@ -133,7 +145,11 @@ def main() -> int:
                         help=f"precision and compile rows at the largest step count, of {', '.join(OPTIONS)} "
                              "(fp16 runs on the CPU, slowly; none: '')")
     parser.add_argument("--vae-dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
-    parser.add_argument("--no-history-variants", action="store_true", help="only the step counts of --steps")
+    parser.add_argument("--video-guidance", default="4",
+                        help="video guidances (comma-separated) for rows at the largest step count, beside the "
+                             f"default {ToySettings.video_guidance:g} (none: '')")
+    parser.add_argument("--no-history-variants", action="store_true",
+                        help="only the step counts of --steps: no history or video guidance rows")
     parser.add_argument("--vae-ceiling", action="store_true",
                         help="also a row of the same checks on the VAE's own reconstructions of rendered clips "
                              "(no DiT): the rates a DiT that generated each clip's exact latents would reach")
@@ -147,12 +163,10 @@ def main() -> int:
     if unknown:
         parser.error(f"--options {','.join(unknown)}: choose from {', '.join(OPTIONS)}")
     steps = [int(s) for s in args.steps.split(",")]
-    grid = settings_grid(steps)
+    grid = settings_grid(steps, [float(g) for g in args.video_guidance.split(",") if g])
     if args.no_history_variants:
-        grid = [(label, settings) for label, settings in grid if label["recent_units"] == 1
-                and label["history_frames"] is None]
-    top = next((label, settings) for label, settings in grid            # the largest step count, default history
-               if label == {"steps_per_stage": max(steps), "recent_units": 1, "history_frames": None})
+        grid = grid[:len(steps)]
+    top = grid[steps.index(max(steps))]     # the largest step count with the default settings
     runs = [("fp32", {}, grid)] + [(option, OPTIONS[option], [top]) for option in options]
     rows = []
     for name, kwargs, settings_list in runs:
@@ -164,11 +178,12 @@ def main() -> int:
             if args.write_quality and name == "fp32" and (label, settings) == top:
                 quality = {key: rows[-1][key] for key in rows[-1] if key.startswith(("t2v", "i2v", "continue"))}
                 quality.update(seeds=args.seeds, steps_per_stage=label["steps_per_stage"], guidance=settings.guidance,
+                               video_guidance=settings.video_guidance,
                                written_by="python benchmarks/toy_quality.py --write-quality")
                 (args.model / QUALITY_FILE).write_text(json.dumps(quality, indent=1) + "\n")
     if args.vae_ceiling:
         rows.append({"benchmark": "toy_quality", "dit": "none (VAE reconstructions)", "vae_dtype": args.vae_dtype,
-                     "steps_per_stage": None, "recent_units": None, "history_frames": None,
+                     "steps_per_stage": None, "recent_units": None, "history_frames": None, "video_guidance": None,
                      **measure_reconstructions(ToyModel(args.model, vae_dtype=args.vae_dtype), args.seeds)})
         print(json.dumps(rows[-1]), flush=True)
     if args.markdown:

@@ -205,7 +205,7 @@ TOY_MODEL = ROOT / "toy_model" / "pyramid-flow-toy"
 TOY_TEXT_ENCODERS = "pyramid-flow-toy"
 TOY_PREVIEW = "pyramid-flow-toy-preview.json"     # in models/vae: the toy VAE's preview colours (fit-preview)
 TOY_SIZE, TOY_FRAMES, TOY_CONTEXT_FRAMES = 128, 17, 9      # the toy world's clips; continuation: 9 -> 17
-TOY_STEPS, TOY_GUIDANCE = 10, 4.0                          # per stage; ToySettings' defaults
+TOY_STEPS = 10                  # per stage; the guidance is ToySettings' (the first frame's and the video units')
 # What each shipped workflow asks the toy model for: (colour, shape, direction, background).
 # Any case of the toy world would do: the demo and the page sample them at one seed for all
 # (TOY_SEED) and the demo judges what came out (judge_toy_output), while the model's success
@@ -392,9 +392,12 @@ def _toy_edits(prompt: dict, workflow: str, seed: int) -> dict[str, tuple[str | 
     """Like :func:`_stand_in_edits`, for the toy model: its text encoders, fp32, the toy world's
     size and length (a continuation: its 9-frame clip continued to 17; an image: 1 frame), the
     prompt of ``workflow``'s case (:data:`TOY_CASES`) with the empty negative prompt the toy DiT
-    was trained with, TOY_STEPS steps per stage and guidance TOY_GUIDANCE, and the toy VAE's
-    preview colours."""
+    was trained with, TOY_STEPS steps per stage and the guidance of :class:`ToySettings` (the
+    first frame's, the video units'), and the toy VAE's preview colours."""
     from pyramid_core.toy import world
+    from pyramid_core.toy.model import ToySettings
+
+    guidance, video_guidance = ToySettings.guidance, ToySettings.video_guidance
 
     caption = world.caption(*TOY_CASES[workflow])
     edits: dict[str, tuple[str | None, dict]] = {}
@@ -418,13 +421,14 @@ def _toy_edits(prompt: dict, workflow: str, seed: int) -> dict[str, tuple[str | 
             edits[node_id] = (None, {"length": TOY_CONTEXT_FRAMES})
         elif kind == "PyramidFlowSampler":
             steps = {k: TOY_STEPS for k in inputs if "steps_stage" in k}
-            edits[node_id] = (None, {**steps, "guidance_scale": TOY_GUIDANCE, "video_guidance_scale": TOY_GUIDANCE,
+            edits[node_id] = (None, {**steps, "guidance_scale": guidance, "video_guidance_scale": video_guidance,
                                      "seed": seed})
         elif kind == "PyramidFlowStageSampler":
-            edits[node_id] = (None, dict(steps=TOY_STEPS, guidance_scale=TOY_GUIDANCE, seed=seed))
+            edits[node_id] = (None, dict(steps=TOY_STEPS, guidance_scale=guidance, seed=seed))   # the first frame
         elif kind == "PyramidFlowUnitSampler":
             edits[node_id] = (None, dict(steps_stage1=TOY_STEPS, steps_stage2=TOY_STEPS, steps_stage3=TOY_STEPS,
-                                         seed=seed))
+                                         guidance_scale=video_guidance if "history" in inputs else guidance,
+                                         seed=seed))      # a unit after others, or the first frame
     return edits
 
 

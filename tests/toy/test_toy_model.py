@@ -22,22 +22,21 @@ from pyramid_core.toy.model import ToyModel, ToySettings
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "toy_model" / "pyramid-flow-toy"
-SETTINGS = ToySettings()            # 10 steps per stage, guidance 4: what the benchmark's top row uses
+SETTINGS = ToySettings()            # 10 steps per stage, guidance 4 (video units 2): the benchmark's top row
 T2V_SEEDS = range(4)                # per prompt of checks.T2V_CASES: 32 videos
-SCENE_SEEDS = range(16)             # image-to-video and continuation: 16 scenes (checks.scene_for) each
+I2V_SCENES = range(32)              # image-to-video: 32 scenes (checks.scene_for), scene k at seed k
+SCENE_SEEDS = range(16)             # continuation and the VAE's reconstructions: 16 scenes
 
-# Passes required, about half of what the committed model reached (its MODEL_CARD.md): a margin
-# for another CPU's rounding, which moves a few videos across a threshold, while a broken
-# sampler, history or loader passes none (as the random stand-ins pass none). Text-to-video
-# asks two thirds: half of it is what the right colour and motion with a shape drawn at random
-# would give (a third of the 28 videos with the right colour and motion). Continuation, where
-# the model meets the rate the toy model is held to (85%), asks three quarters of that rate.
-# Text-to-video and image-to-video do not ask three quarters of theirs yet (60%: 20 of 32;
-# 52.5%: 9 of 16): the model passes 22 and 8, which leaves another CPU no margin.
+# Passes required: three quarters of the rates the toy model is held to (text-to-video 80%,
+# image-to-video 70%, continuation 85%), rounded up. The model passes more (its MODEL_CARD.md),
+# a margin for another CPU's rounding, which moves a few videos across a threshold, while a
+# broken sampler, history or loader passes none (as the random stand-ins pass none:
+# test_train_toy_model.py::test_every_check_fails_on_random_weights). Image-to-video judges 32
+# scenes rather than 16 so that its margin is more than two videos.
 # The model passed the same counts on ATen's AVX2 kernels on one thread and on its portable
 # kernels (scripts/run_numeric_tests_elsewhere.sh's settings).
-T2V_MIN_PASSED = 14                 # of 32; the model: 22 (10 of the 16 held-out prompts' videos)
-I2V_MIN_PASSED = 4                  # of 16; the model: 8
+T2V_MIN_PASSED = 20                 # of 32 (0.75 * 80% = 60%); the model: 26 (14 of the 16 held-out prompts' videos)
+I2V_MIN_PASSED = 17                 # of 32 (0.75 * 70% = 52.5%); the model: 22
 CONTINUATION_MIN_PASSED = 11        # of 16 (0.75 * 85% = 64%); the model: 14
 # The VAE alone (checks.check_reconstruction, no sampling) passes each check on 14 of the 16
 # scenes' reconstructions; the two others are green triangles on gray, whose green it loses
@@ -64,7 +63,7 @@ def test_text_to_video_draws_the_prompted_shape_and_colour_moving_the_prompted_w
 
 
 def test_image_to_video_starts_from_the_image_and_keeps_its_shape_while_it_moves(toy):
-    verdicts = [checks.check_image_to_video(toy, checks.scene_for(seed), seed, SETTINGS) for seed in SCENE_SEEDS]
+    verdicts = [checks.check_image_to_video(toy, checks.scene_for(seed), seed, SETTINGS) for seed in I2V_SCENES]
     assert sum(v.ok for v in verdicts) >= I2V_MIN_PASSED, _report(verdicts)
 
 

@@ -1,5 +1,6 @@
 """benchmarks/toy_quality.py's bookkeeping, without sampling: the rates of each check overall, on
-held-out prompts and per shape, and the model card's table with the VAE ceiling's row."""
+held-out prompts and per shape, the model card's table with the VAE ceiling's row, and the settings
+it compares."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import toy_quality  # noqa: E402
 
 from pyramid_core.toy import checks, judge  # noqa: E402
+from pyramid_core.toy.model import ToySettings  # noqa: E402
 
 TRAINED = ("red", "square", "right", "black")
 HELD_OUT = ("red", "triangle", "left", "gray")
@@ -37,9 +39,23 @@ def test_rates_count_each_check_overall_on_held_out_prompts_and_per_shape():
 
 def test_the_table_shows_the_vae_ceiling_without_steps_or_history():
     common = {"t2v": 0.5, "t2v_held_out": 0.25, "i2v": 0.75, "continue": 1.0, "seconds_per_video": 1.5}
-    rows = [{"dit": "fp32", "steps_per_stage": 10, "recent_units": 2, "history_frames": None, **common},
+    rows = [{"dit": "fp32", "steps_per_stage": 10, "recent_units": 2, "history_frames": None, "video_guidance": 2.5,
+             **common},
             {"dit": "none (VAE reconstructions)", "steps_per_stage": None, "recent_units": None,
-             "history_frames": None, **common}]
+             "history_frames": None, "video_guidance": None, **common}]
     table = toy_quality.markdown(rows).splitlines()
-    assert table[2] == "| fp32 | 10 | 2 recent units, all frames | 0.500 (0.250) | 0.750 | 1.000 | 1.50 |"
-    assert table[3] == "| none (VAE reconstructions) | -- | -- | 0.500 (0.250) | 0.750 | 1.000 | 1.50 |"
+    assert table[2] == "| fp32 | 10 | 2 recent units, all frames | 2.5 | 0.500 (0.250) | 0.750 | 1.000 | 1.50 |"
+    assert table[3] == "| none (VAE reconstructions) | -- | -- | -- | 0.500 (0.250) | 0.750 | 1.000 | 1.50 |"
+
+
+def test_the_grid_varies_one_setting_at_a_time_from_the_defaults_at_the_largest_step_count():
+    grid = toy_quality.settings_grid([1, 10], [4.0])
+    labels = [label for label, _ in grid]
+    default = ToySettings.video_guidance
+    assert [(x["steps_per_stage"], x["recent_units"], x["history_frames"], x["video_guidance"]) for x in labels] == [
+        (1, 1, None, default), (10, 1, None, default), (10, 2, None, default), (10, 1, 1, default), (10, 1, None, 4.0)]
+    for label, settings in grid:        # the labels say what the settings are
+        assert settings.steps == settings.video_steps == (label["steps_per_stage"],) * 3
+        assert (settings.history.recent_units, settings.history.max_frames) == (label["recent_units"],
+                                                                                label["history_frames"])
+        assert settings.video_guidance == label["video_guidance"] and settings.guidance == ToySettings.guidance
