@@ -48,25 +48,23 @@ from pyramid_core.toy import checks  # noqa: E402
 from pyramid_core.toy.model import QUALITY_FILE, ToyModel, ToySettings  # noqa: E402
 
 
-def settings_grid(steps: list[int], video_guidances: list[float] = ()) -> list[tuple[dict, ToySettings]]:
-    """(label, settings): each step count with the default history and guidance, then at the
-    largest step count the history variants and each of ``video_guidances``."""
-    default = ToySettings.video_guidance
+def settings_grid(steps: list[int], video_guidances: list[float] = ()) -> list[ToySettings]:
+    """Each step count with the default history and guidance, then at the largest step count the
+    history variants and each of ``video_guidances``."""
+    def at(n: int, **changes) -> ToySettings:
+        return ToySettings(steps=(n,) * 3, video_steps=(n,) * 3, **changes)
 
-    def label(n: int, recent: int = 1, frames: int | None = None, video_guidance: float = default) -> dict:
-        return {"steps_per_stage": n, "recent_units": recent, "history_frames": frames,
-                "video_guidance": video_guidance}
-
-    grid = [(label(n), ToySettings(steps=(n,) * 3, video_steps=(n,) * 3)) for n in steps]
     top = max(steps)
-    for recent, frames in ((2, None), (1, 1)):
-        grid.append((label(top, recent, frames),
-                     ToySettings(steps=(top,) * 3, video_steps=(top,) * 3,
-                                 history=HistoryConfig(recent_units=recent, max_frames=frames))))
-    for video_guidance in video_guidances:
-        grid.append((label(top, video_guidance=video_guidance),
-                     ToySettings(steps=(top,) * 3, video_steps=(top,) * 3, video_guidance=video_guidance)))
-    return grid
+    return ([at(n) for n in steps]
+            + [at(top, history=HistoryConfig(recent_units=recent, max_frames=frames))
+               for recent, frames in ((2, None), (1, 1))]
+            + [at(top, video_guidance=video_guidance) for video_guidance in video_guidances])
+
+
+def label(settings: ToySettings) -> dict:
+    """What a row says of its settings (the grid's steps are the same at every stage)."""
+    return {"steps_per_stage": settings.steps[0], "recent_units": settings.history.recent_units,
+            "history_frames": settings.history.max_frames, "video_guidance": settings.video_guidance}
 
 
 def measure(model: ToyModel, settings: ToySettings, seeds: int) -> dict:
@@ -171,13 +169,13 @@ def main() -> int:
     rows = []
     for name, kwargs, settings_list in runs:
         model = ToyModel(args.model, vae_dtype=args.vae_dtype, **kwargs)
-        for label, settings in settings_list:
-            rows.append({"benchmark": "toy_quality", "dit": name, "vae_dtype": args.vae_dtype, **label,
+        for settings in settings_list:
+            rows.append({"benchmark": "toy_quality", "dit": name, "vae_dtype": args.vae_dtype, **label(settings),
                          **measure(model, settings, args.seeds)})
             print(json.dumps(rows[-1]), flush=True)
-            if args.write_quality and name == "fp32" and (label, settings) == top:
+            if args.write_quality and name == "fp32" and settings is top:
                 quality = {key: rows[-1][key] for key in rows[-1] if key.startswith(("t2v", "i2v", "continue"))}
-                quality.update(seeds=args.seeds, steps_per_stage=label["steps_per_stage"], guidance=settings.guidance,
+                quality.update(seeds=args.seeds, steps_per_stage=settings.steps[0], guidance=settings.guidance,
                                video_guidance=settings.video_guidance,
                                written_by="python benchmarks/toy_quality.py --write-quality")
                 (args.model / QUALITY_FILE).write_text(json.dumps(quality, indent=1) + "\n")
